@@ -59,7 +59,7 @@ func NewPluginLogHandler(w io.Writer, level slog.Level) slog.Handler {
 			case slog.MessageKey:
 				return slog.Attr{Key: "@message", Value: a.Value}
 			case slog.TimeKey:
-				return slog.String("@timestamp", a.Value.Time().Format("2006-01-02T15:04:05.000000Z07:00"))
+				return slog.Attr{} // the host stamps the line itself
 			}
 			return a
 		},
@@ -170,9 +170,13 @@ func (t *tracker) watchHost(ppid int) {
 func (t *tracker) shutdown(why string) {
 	t.once.Do(func() {
 		t.mu.Lock()
-		running := len(t.runs)
+		running, prepared := len(t.runs), len(t.handles)
 		t.mu.Unlock()
-		slog.Warn("executor plugin shutting down: "+why, "running_steps", running)
+		level := slog.LevelDebug
+		if running > 0 || prepared > 0 {
+			level = slog.LevelWarn // jobs were still under way: say so
+		}
+		slog.Log(context.Background(), level, "executor plugin shutting down: "+why, "running_steps", running, "prepared_jobs", prepared)
 		go func() {
 			time.Sleep(ShutdownTimeout)
 			os.Exit(3)

@@ -1,0 +1,113 @@
+// Command berth runs CI jobs through executor plugins.
+//
+//	berth exec [flags] [JOB...]     run a local .gitlab-ci.yml
+//	berth plugins list              the executors berth can use
+//	berth plugins inspect NAME      an executor's settings
+//	berth version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/berthci/berth/sdk"
+	"github.com/berthci/berth/shell"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "0.1.0-dev"
+
+// serveFlag is the hidden first argument with which berth serves one of
+// its built-in executors as a plugin process.
+const serveFlag = "__serve-executor"
+
+// builtins are the executors compiled into berth. Each still runs as a
+// plugin process of its own: berth re-executes itself to serve it.
+func builtins() map[string]func() sdk.Executor {
+	return map[string]func() sdk.Executor{
+		"shell": func() sdk.Executor { return shell.New() },
+	}
+}
+
+func main() {
+	if len(os.Args) == 3 && os.Args[1] == serveFlag {
+		newExec, ok := builtins()[os.Args[2]]
+		if !ok {
+			fmt.Fprintf(os.Stderr, "berth: no built-in executor %q\n", os.Args[2])
+			os.Exit(2)
+		}
+		sdk.Serve(newExec())
+		return
+	}
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// exitError carries the exit code a command wants.
+type exitError struct{ code int }
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "exec":
+		err = execCommand(ctx, args[1:], stdout, stderr)
+	case "plugins":
+		err = pluginsCommand(ctx, args[1:], stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintf(stdout, "berth %s (executor protocol %d)\n", version, sdk.ProtocolVersion)
+	case "help", "-h", "--help":
+		usage(stdout)
+	default:
+		fmt.Fprintf(stderr, "berth: unknown command %q\n\n", args[0])
+		usage(stderr)
+		return 2
+	}
+	var ee exitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	default:
+		fmt.Fprintf(stderr, "berth: %v\n", err)
+		return 1
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, strings.TrimLeft(`
+berth runs CI jobs through executor plugins.
+
+Usage:
+  berth exec [-C DIR] [--executor NAME] [--plugin-dir DIR] [--config FILE] [JOB...]
+                              run the jobs of a local .gitlab-ci.yml
+  berth plugins list [--plugin-dir DIR]
+                              list the executors berth can use
+  berth plugins inspect NAME  show an executor's settings and their flags
+  berth version
+
+Run 'berth exec --help' for exec's flags, including those of the chosen executor.
+`, "\n"))
+}
+
+// newLogger returns berth's logger on stderr.
+func newLogger(w io.Writer, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
