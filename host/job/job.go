@@ -164,18 +164,18 @@ func (r *Runner) Run(ctx context.Context, j Job, sink io.Writer) Result {
 	res.Duration = r.now().Sub(start)
 	switch res.Status {
 	case Success:
-		tr.Notice("\x1b[32;1mJob succeeded\x1b[0;m\n")
+		tr.Colored("32;1", "Job succeeded")
 	case Canceled:
-		tr.Notice("\x1b[31;1mERROR: Job canceled: %v\x1b[0;m\n", res.Err)
+		tr.Colored("31;1", "ERROR: Job canceled: %v", res.Err)
 	default:
 		msg := fmt.Sprintf("exit code %d", res.ExitCode)
 		if res.FailureReason != ScriptFailure && res.Err != nil {
 			msg = res.Err.Error()
 		}
 		if res.AllowedToFail {
-			tr.Notice("\x1b[33;1mWARNING: Job failed (allowed to fail): %s\x1b[0;m\n", msg)
+			tr.Colored("33;1", "WARNING: Job failed (allowed to fail): %s", msg)
 		} else {
-			tr.Notice("\x1b[31;1mERROR: Job failed: %s\x1b[0;m\n", msg)
+			tr.Colored("31;1", "ERROR: Job failed: %s", msg)
 		}
 	}
 	if err := tr.Close(); err != nil {
@@ -214,7 +214,7 @@ func (r *Runner) run(abortCtx context.Context, j Job, tr *trace.Trace, log *slog
 	deadline := r.now().Add(timeout)
 	shell := r.shell()
 
-	tr.Notice("Running with berth %s, executor %s %s\n", r.Version, r.Info.Name, r.Info.Version)
+	tr.Notice("Running with berth %s, executor %s %s", r.Version, r.Info.Name, r.Info.Version)
 
 	// Prepare. An aborted or cancelled job before its script ran is cancelled.
 	end := tr.Section("prepare_executor", "Preparing the \""+r.Info.Name+"\" executor")
@@ -234,7 +234,7 @@ func (r *Runner) run(abortCtx context.Context, j Job, tr *trace.Trace, log *slog
 		}
 		if err := r.Executor.Cleanup(cctx, ch); err != nil {
 			log.Error("cleaning up the job's environment failed", "error", err)
-			tr.Notice("\x1b[33;1mWARNING: cleaning up the job's environment failed: %v\x1b[0;m\n", err)
+			tr.Notice("WARNING: cleaning up the job's environment failed: %v", err)
 		}
 	}()
 	if err != nil {
@@ -290,11 +290,11 @@ func (r *Runner) run(abortCtx context.Context, j Job, tr *trace.Trace, log *slog
 	main := results[0]
 	if len(results) > 1 {
 		if a := results[1]; a.Err != nil {
-			tr.Notice("\x1b[33;1mWARNING: after_script failed: %v\x1b[0;m\n", a.Err)
+			tr.Notice("WARNING: after_script failed: %v", a.Err)
 		} else if a.TimedOut {
-			tr.Notice("\x1b[33;1mWARNING: after_script timed out after %s\x1b[0;m\n", afterTimeout)
+			tr.Notice("WARNING: after_script timed out after %s", afterTimeout)
 		} else if a.ExitCode != 0 && !a.Skipped {
-			tr.Notice("\x1b[33;1mWARNING: after_script exited with code %d\x1b[0;m\n", a.ExitCode)
+			tr.Notice("WARNING: after_script exited with code %d", a.ExitCode)
 		}
 	}
 	var res Result
@@ -330,7 +330,21 @@ func canceled(ctx context.Context) Result {
 // script). Either way the output lands in the trace under each step's
 // section.
 func (r *Runner) runSteps(ctx, abortCtx context.Context, h sdk.Handle, steps []sdk.Step, tr *trace.Trace) []sdk.StepResult {
-	out := func(int) sdk.Output { return sdk.Output{Stdout: tr, Stderr: tr} }
+	// Each step's stdout and stderr are masked apart before they meet in
+	// the trace (see trace.Stream).
+	var streams []io.Closer
+	defer func() {
+		for _, s := range streams {
+			s.Close()
+		}
+	}()
+	outputs := make([]sdk.Output, len(steps))
+	for i := range steps {
+		o, e := tr.Stream(), tr.Stream()
+		streams = append(streams, o, e)
+		outputs[i] = sdk.Output{Stdout: o, Stderr: e}
+	}
+	out := func(i int) sdk.Output { return outputs[i] }
 	if r.Info.Capabilities.OneShot {
 		end := tr.Section("step_batch", "Running "+stepNames(steps))
 		defer end()
@@ -357,7 +371,9 @@ func (r *Runner) runSteps(ctx, abortCtx context.Context, h sdk.Handle, steps []s
 			continue
 		}
 		end := tr.Section(st.Name, sectionHeader(st.Name))
-		res, err := r.Executor.RunSteps(stepCtx, h, []sdk.Step{st}, out)
+		res, err := r.Executor.RunSteps(stepCtx, h, []sdk.Step{st}, func(int) sdk.Output { return outputs[i] })
+		outputs[i].Stdout.(io.Closer).Close()
+		outputs[i].Stderr.(io.Closer).Close()
 		end()
 		if err != nil {
 			results[i] = sdk.StepResult{ExitCode: -1, Err: err}

@@ -13,6 +13,7 @@ type Variable struct {
 	// the variable's value; the file is removed when the step ends.
 	File bool
 	// Raw values are exported as they are; others may reference other
-	// variables with $VAR (expanded by the shell).
+	// variables with $VAR or ${VAR}, which Generate expands with Expand
+	// (never the shell) before it quotes the value.
 	Raw bool
 }
