@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -184,18 +185,49 @@ func TestSupervisorRestartsDeadPlugin(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A step leaves a background process behind when the plugin dies.
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	stepDone := make(chan error, 1)
+	go func() {
+		_, err := sup.Run(ctx, h, sdk.Step{Name: "script", Shell: "sh", GracePeriod: time.Second,
+			Script: "sleep 1000 & echo $! > " + pidFile + ".tmp; mv " + pidFile + ".tmp " + pidFile + "; wait"},
+			sdk.Output{Stdout: io.Discard, Stderr: io.Discard})
+		stepDone <- err
+	}()
+	for {
+		if _, err := os.Stat(pidFile); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	data, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sleeper, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(sleeper, syscall.SIGKILL) }) // started by this test
 	if err := syscall.Kill(first.Pid(), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	for !first.Exited() {
-		time.Sleep(20 * time.Millisecond)
+	if err := <-stepDone; err == nil || !strings.Contains(err.Error(), "died during step script") {
+		t.Errorf("step error %v; want it to say the plugin died", err)
 	}
-	// Cleanup of a job prepared by the dead process works in a new one.
+	// Cleanup of a job prepared by the dead process works in a new one,
+	// and kills what the dead one left running.
 	if err := sup.Cleanup(ctx, h); err != nil {
 		t.Fatalf("cleanup after a restart: %v", err)
 	}
 	if _, err := os.Stat(h.BuildDir); !os.IsNotExist(err) {
 		t.Errorf("build dir %s still there after cleanup (err %v)", h.BuildDir, err)
+	}
+	for i := 0; alive(sleeper); i++ {
+		if i > 100 {
+			t.Fatalf("the job's background process %d survived the cleanup", sleeper)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	second, err := sup.Instance(ctx)
 	if err != nil {
@@ -213,4 +245,14 @@ func TestSupervisorRefusedSettingsNameTheKey(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no_such_setting") || !strings.Contains(err.Error(), `"shell"`) {
 		t.Fatalf("error %v; want it to name the plugin and the key", err)
 	}
+}
+
+// alive says whether pid runs (a zombie does not count).
+func alive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	i := bytes.LastIndexByte(data, ')')
+	return i >= 0 && i+2 < len(data) && data[i+2] != 'Z'
 }

@@ -27,6 +27,8 @@ const StopSlack = 10 * time.Second
 // fails the call with an error saying so.
 type Client struct {
 	c pb.ExecutorClient
+	// StopSlack overrides the package's StopSlack when not zero.
+	StopSlack time.Duration
 }
 
 // NewClient returns a Client on a gRPC connection to a plugin.
@@ -61,7 +63,9 @@ func fromStatus(err error) error {
 // died or its connection broke.
 type TransportError struct{ Err error }
 
-func (e *TransportError) Error() string { return "connection to the executor plugin lost: " + e.Err.Error() }
+func (e *TransportError) Error() string {
+	return "connection to the executor plugin lost: " + e.Err.Error()
+}
 func (e *TransportError) Unwrap() error { return e.Err }
 
 // Info implements Executor.
@@ -143,7 +147,11 @@ func (c *Client) RunSteps(ctx context.Context, h Handle, steps []Step, out StepO
 		return nil, fromStatus(errors.Join(err, rerr))
 	}
 
-	w := newWatchdog(steps, hardStop)
+	slack := c.StopSlack
+	if slack == 0 {
+		slack = StopSlack
+	}
+	w := newWatchdog(steps, slack, hardStop)
 	defer w.stop()
 	go func() {
 		select {
@@ -227,6 +235,7 @@ func (c *Client) RunSteps(ctx context.Context, h Handle, steps []Step, out StepO
 // with a timeout gets timeout + grace + StopSlack, a cancelled step grace +
 // StopSlack.
 type watchdog struct {
+	slack    time.Duration
 	mu       sync.Mutex
 	steps    []Step
 	current  int
@@ -235,8 +244,8 @@ type watchdog struct {
 	isCancel bool
 }
 
-func newWatchdog(steps []Step, stopRun context.CancelCauseFunc) *watchdog {
-	w := &watchdog{steps: steps, stopRun: stopRun}
+func newWatchdog(steps []Step, slack time.Duration, stopRun context.CancelCauseFunc) *watchdog {
+	w := &watchdog{steps: steps, slack: slack, stopRun: stopRun}
 	w.mu.Lock()
 	w.arm(0)
 	w.mu.Unlock()
@@ -257,9 +266,9 @@ func (w *watchdog) arm(i int) {
 	var d time.Duration
 	switch {
 	case w.isCancel && s.When != Always:
-		d = s.GracePeriod + StopSlack
+		d = s.GracePeriod + w.slack
 	case s.Timeout > 0:
-		d = s.Timeout + s.GracePeriod + StopSlack
+		d = s.Timeout + s.GracePeriod + w.slack
 	default:
 		return
 	}

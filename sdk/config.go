@@ -185,6 +185,16 @@ func DecodeConfig(settings map[string]any, cfg any) error {
 		}
 		return fmt.Errorf("unknown setting %s (known settings: %s)", quoteAll(unknown), strings.Join(names, ", "))
 	}
+	// A table given in settings replaces the default table; mapstructure
+	// would merge them.
+	rv := reflect.Indirect(reflect.ValueOf(cfg))
+	for i := range rv.NumField() {
+		f := rv.Type().Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("mapstructure"), ",")
+		if _, given := settings[name]; given && f.Type.Kind() == reflect.Map && f.IsExported() {
+			rv.Field(i).SetZero()
+		}
+	}
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		Result:           cfg,
 		WeaklyTypedInput: true,

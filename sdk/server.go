@@ -320,4 +320,3 @@ func (s *server) Download(req *pb.DownloadRequest, stream pb.Executor_DownloadSe
 	}
 	return nil
 }
-
