@@ -351,3 +351,73 @@ survivor:
 		t.Errorf("the next job did not pass after the plugin crash:\n%s", text)
 	}
 }
+
+func TestExecutorSettingsFromConfigAndFlags(t *testing.T) {
+	dir := writePipeline(t, "where:\n  script: [echo \"dir=$CI_PROJECT_DIR\"]\n")
+	fromFile, fromFlag := t.TempDir(), t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(cfg, []byte("concurrent = 1\n[[runners]]\nexecutor = \"shell\"\n[runners.shell]\nbuilds_dir = \""+fromFile+"\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"config file", []string{"--config", cfg}, "dir=" + fromFile + "/"},
+		{"flag overrides the file", []string{"--config", cfg, "--shell-builds-dir", fromFlag}, "dir=" + fromFlag + "/"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, code := berth(t, append([]string{"exec", "--no-color", "-C", dir}, tt.args...)...)
+			if code != 0 || !strings.Contains(out, tt.want) {
+				t.Errorf("exit %d; want output with %q:\n%s", code, tt.want, out)
+			}
+		})
+	}
+	t.Run("unknown setting is refused naming it", func(t *testing.T) {
+		bad := filepath.Join(t.TempDir(), "bad.toml")
+		os.WriteFile(bad, []byte("[runners.shell]\nbuilds_dri = \"/tmp/x\"\n"), 0o644)
+		out, code := berth(t, "exec", "-C", dir, "--config", bad)
+		if code == 0 || !strings.Contains(out, `"builds_dri"`) || !strings.Contains(out, `"shell"`) {
+			t.Errorf("exit %d; want a refusal naming the plugin and the key:\n%s", code, out)
+		}
+	})
+	t.Run("invalid toml names file and line", func(t *testing.T) {
+		bad := filepath.Join(t.TempDir(), "broken.toml")
+		os.WriteFile(bad, []byte("[runners.shell]\nbuilds_dir = \n"), 0o644)
+		out, code := berth(t, "exec", "-C", dir, "--config", bad)
+		if code == 0 || !strings.Contains(out, bad+":2:") {
+			t.Errorf("exit %d; want an error at %s:2:\n%s", code, bad, out)
+		}
+	})
+}
+
+func TestInvalidPipelineNamesFileLineColumn(t *testing.T) {
+	dir := writePipeline(t, "job:\n  script: [echo a\n")
+	out, code := berth(t, "exec", "-C", dir)
+	if code == 0 || !regexp.MustCompile(`\.gitlab-ci\.yml:\d+:\d+: `).MatchString(out) {
+		t.Errorf("exit %d; want an error with file:line:col:\n%s", code, out)
+	}
+}
+
+func TestCustomExecutorFromPluginDir(t *testing.T) {
+	if _, err := exec.LookPath("bwrap"); err != nil {
+		t.Skip("the example executor needs bubblewrap: apt-get install bubblewrap")
+	}
+	pdir := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(pdir, "berth-executor-bwrap"), ".")
+	build.Dir = "../../examples/custom-executor"
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building the example executor: %v\n%s", err, out)
+	}
+	out, code := berth(t, "plugins", "list", "--plugin-dir", pdir)
+	if code != 0 || !regexp.MustCompile(`(?m)^bwrap\s+\S+\s+1\s+external\s+`+regexp.QuoteMeta(pdir)).MatchString(out) {
+		t.Fatalf("plugins list (exit %d) does not show the example as external in %s:\n%s", code, pdir, out)
+	}
+	dir := writePipeline(t, "sandboxed:\n  script:\n    - echo \"pid=$$\"\n    - test ! -e /root/.bashrc-should-not-matter || true\n")
+	out, code = berth(t, "exec", "--no-color", "-C", dir, "--plugin-dir", pdir, "--executor", "bwrap")
+	if code != 0 || !strings.Contains(out, "Job succeeded") || !strings.Contains(out, "executor bwrap") {
+		t.Fatalf("exec with the bwrap executor (exit %d):\n%s", code, out)
+	}
+}
