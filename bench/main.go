@@ -7,7 +7,7 @@
 //
 // The plugin is started the real way: berth is built, and plugins.Start
 // runs `berth __serve-executor shell` with the go-plugin handshake and
-// AutoMTLS. Each figure is interleaved with its baseline (ABBA…) so that
+// berth's mutual TLS. Each figure is interleaved with its baseline (ABBA…) so that
 // the noise of a shared machine hits both; compare the ratios, not the
 // absolute figures, between runs.
 package main
@@ -467,7 +467,7 @@ func (e *env) benchStart(ctx context.Context) ([]row, []string, error) {
 	}
 	starts, tru, ver := s[0], s[1], s[2]
 	r := row{
-		metric:   "(d) plugin start: exec → handshake (AutoMTLS) → first answered `Info`, median (p95)",
+		metric:   "(d) plugin start: exec → handshake (mutual TLS, P-256) → first answered `Info`, median (p95)",
 		berth:    fmt.Sprintf("%s (%s)", fmtDur(starts.median()), fmtDur(starts.p95())),
 		baseline: fmt.Sprintf("%s (`/bin/true`); %s (`berth version`)", fmtDur(tru.median()), fmtDur(ver.median())),
 		ratio:    fmt.Sprintf("%.0f× true; %.1f× berth version", float64(starts.median())/float64(tru.median()), float64(starts.median())/float64(ver.median())),

@@ -44,8 +44,8 @@ type Instance struct {
 
 var versionMismatch = regexp.MustCompile(`Plugin version: (\d+), Client versions: \[([\d ]*)\]`)
 
-// Start starts p, completes the handshake (protocol negotiation, AutoMTLS,
-// the optional checksum) and asks the plugin for its Info.
+// Start starts p, completes the handshake (protocol negotiation, mutual TLS
+// with fresh keys, the optional checksum) and asks the plugin for its Info.
 func Start(ctx context.Context, p Plugin, opts StartOptions) (*Instance, error) {
 	if opts.StartTimeout == 0 {
 		opts.StartTimeout = DefaultStartTimeout
@@ -57,8 +57,14 @@ func Start(ctx context.Context, p Plugin, opts StartOptions) (*Instance, error) 
 	if err != nil {
 		return nil, fmt.Errorf("executor plugin %q: making its socket folder: %w", p.Name, err)
 	}
+	// Mutual TLS on the plugin's socket, with keys made for this process.
+	tlsConfig, tlsEnv, err := sdk.NewTLS()
+	if err != nil {
+		os.RemoveAll(socketDir)
+		return nil, fmt.Errorf("executor plugin %q: %w", p.Name, err)
+	}
 	cmd := exec.Command(p.Path, p.Args...)
-	cmd.Env = append(cmd.Env, plugin.EnvUnixSocketDir+"="+socketDir)
+	cmd.Env = append(cmd.Env, plugin.EnvUnixSocketDir+"="+socketDir, sdk.EnvTLS+"="+tlsEnv)
 	// The plugin gets SIGTERM when berth dies, even by SIGKILL, so it can
 	// stop its jobs; it has its own process group so a terminal's Ctrl-C
 	// reaches berth only, and berth decides how jobs stop.
@@ -69,7 +75,7 @@ func Start(ctx context.Context, p Plugin, opts StartOptions) (*Instance, error) 
 		VersionedPlugins: sdk.PluginSets(nil),
 		Cmd:              cmd,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		AutoMTLS:         true,
+		TLSConfig:        tlsConfig,
 		StartTimeout:     opts.StartTimeout,
 		Logger:           newHCLogAdapter(opts.Log, p.Name),
 		GRPCDialOptions:  sdk.GRPCDialOptions(),

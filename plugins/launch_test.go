@@ -18,7 +18,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-plugin"
+
 	"github.com/berthci/berth/sdk"
+	"github.com/berthci/berth/shell"
 )
 
 // berthBin is berth, built once: its built-in shell executor is a real
@@ -26,6 +29,16 @@ import (
 var berthBin string
 
 func TestMain(m *testing.M) {
+	// The test binary doubles as a plugin that speaks the right protocol
+	// but without TLS: the host must not talk to it in clear.
+	if os.Getenv("BERTH_TEST_PLUGIN") == "plaintext" {
+		plugin.Serve(&plugin.ServeConfig{
+			HandshakeConfig:  sdk.Handshake(),
+			VersionedPlugins: sdk.PluginSets(shell.New()),
+			GRPCServer:       plugin.DefaultGRPCServer,
+		})
+		return
+	}
 	dir, err := os.MkdirTemp("", "berth-plugins-test-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -118,6 +131,11 @@ func TestStartRefusals(t *testing.T) {
 		return hex.EncodeToString(s[:])
 	}
 	hangs := script("hangs", "exec sleep 60")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	plaintext := script("plaintext", "BERTH_TEST_PLUGIN=plaintext exec '"+self+"'")
 	exits := script("exits", "echo 'cannot start: no config' >&2; exit 3")
 	tests := []struct {
 		name string
@@ -142,6 +160,12 @@ func TestStartRefusals(t *testing.T) {
 			p:    Plugin{Name: "hangs", Path: hangs},
 			opts: StartOptions{StartTimeout: time.Second},
 			want: []string{`"hangs"`, hangs, "failed to start"},
+		},
+		{
+			name: "serves without TLS",
+			p:    Plugin{Name: "plaintext", Path: plaintext},
+			opts: StartOptions{StartTimeout: 3 * time.Second},
+			want: []string{`"plaintext"`, plaintext},
 		},
 		{
 			name: "exits at once",

@@ -36,6 +36,7 @@ func Serve(e Executor) {
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  Handshake(),
 		VersionedPlugins: PluginSets(t),
+		TLSProvider:      pluginTLS,
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
 			return grpc.NewServer(append(opts, GRPCServerOptions()...)...)
 		},

@@ -18,7 +18,7 @@ import (
 
 const (
 	// readSize is how much output one read takes from a step's pipes.
-	readSize = 64 << 10
+	readSize = sdk.MaxChunk
 	// killWait bounds how long a step's processes may take to die after
 	// SIGKILL before Run reports them as a system failure.
 	killWait = 10 * time.Second
