@@ -55,6 +55,9 @@ type Job struct {
 
 	// Inputs are uploaded into the build directory before the script.
 	Inputs []Input
+	// Outputs are downloaded from the build directory after the steps
+	// (artifacts, caches), each when its When says.
+	Outputs []Output
 
 	// Cancel, when closed, stops the job gracefully: the script gets
 	// SIGTERM and its grace period, after_script still runs. (Cancelling
@@ -70,6 +73,41 @@ type Input struct {
 	Name string
 	// Write writes the tree as a tar stream.
 	Write func(ctx context.Context, w io.Writer) error
+}
+
+// Output is a set of paths to bring back from the build directory after
+// the steps.
+type Output struct {
+	// Name says what it is in the trace ("artifacts", "cache").
+	Name string
+	// Paths are relative to the build directory.
+	Paths []string
+	// When the output is collected.
+	When OutputWhen
+	// Read consumes the tar stream of the paths. An error fails a job that
+	// had succeeded (a system failure): its outputs are part of its result.
+	Read func(ctx context.Context, r io.Reader) error
+}
+
+// OutputWhen says after which results an Output is collected.
+type OutputWhen int
+
+// When outputs are collected, as GitLab's artifacts:when.
+const (
+	OnSuccess OutputWhen = iota
+	OnFailure
+	Always
+)
+
+func (w OutputWhen) matches(s Status) bool {
+	switch w {
+	case Always:
+		return true
+	case OnFailure:
+		return s == Failed
+	default:
+		return s == Success
+	}
 }
 
 // Status is how a job ended.
@@ -222,6 +260,9 @@ func (r *Runner) run(abortCtx context.Context, j Job, tr *trace.Trace, log *slog
 		ID: j.ID, Name: j.Name, Image: j.Image, Services: j.Services, Timeout: timeout, Shell: shell,
 		Labels: map[string]string{"berth.job": j.ID},
 	}
+	for _, o := range j.Outputs {
+		sjob.DownloadPaths = append(sjob.DownloadPaths, o.Paths...)
+	}
 	h, err := r.Executor.Prepare(ctx, sjob)
 	end()
 	// Cleanup always runs, on a context of its own: the job's may be done.
@@ -297,6 +338,26 @@ func (r *Runner) run(abortCtx context.Context, j Job, tr *trace.Trace, log *slog
 			tr.Notice("WARNING: after_script exited with code %d", a.ExitCode)
 		}
 	}
+	res := r.result(ctx, j, main, timeout)
+	if res.Status == Canceled {
+		return res
+	}
+	for _, o := range j.Outputs {
+		if !o.When.matches(res.Status) {
+			continue
+		}
+		if err := r.download(abortCtx, h, o, tr); err != nil {
+			tr.Notice("ERROR: %v", err)
+			if res.Status == Success {
+				res = Result{Status: Failed, ExitCode: 0, FailureReason: SystemFailure, Err: err}
+			}
+		}
+	}
+	return res
+}
+
+// result says how the job ended from how its main step ended.
+func (r *Runner) result(ctx context.Context, j Job, main sdk.StepResult, timeout time.Duration) Result {
 	var res Result
 	switch {
 	case main.Canceled || (ctx.Err() != nil && main.ExitCode != 0):
@@ -315,6 +376,28 @@ func (r *Runner) run(abortCtx context.Context, j Job, tr *trace.Trace, log *slog
 	res.AllowedToFail = j.AllowFailure && (len(j.AllowFailureExitCodes) == 0 ||
 		res.FailureReason == ScriptFailure && slices.Contains(j.AllowFailureExitCodes, res.ExitCode))
 	return res
+}
+
+// download brings one output back and hands it to its reader.
+func (r *Runner) download(ctx context.Context, h sdk.Handle, o Output, tr *trace.Trace) error {
+	end := tr.Section("download_"+sectionName(o.Name), "Collecting "+o.Name)
+	defer end()
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := o.Read(ctx, pr)
+		pr.CloseWithError(errors.New("the reader of the download stopped"))
+		done <- err
+	}()
+	err := r.Executor.Download(ctx, h, o.Paths, pw)
+	pw.CloseWithError(err)
+	if rerr := <-done; rerr != nil {
+		err = rerr // the reader's own error is the cause; the writer saw it stop
+	}
+	if err != nil {
+		return fmt.Errorf("collecting %s: %w", o.Name, err)
+	}
+	return nil
 }
 
 func canceled(ctx context.Context) Result {

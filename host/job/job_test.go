@@ -148,7 +148,8 @@ func TestMaskedValueSplitAcrossChunksNeverReachesTrace(t *testing.T) {
 		ID: "masked", Name: "masked",
 		Script: []string{
 			`printf 'before hunt'; sleep 0.3; printf 'er2-very'; sleep 0.3; printf -- '-secret after\n'`,
-			`printf 'err hunter2-' >&2; sleep 0.3; printf 'very-secret\n' >&2`,
+			// (pipes of two streams are read apart: let stdout arrive first)
+			`sleep 0.3; printf 'err hunter2-' >&2; sleep 0.3; printf 'very-secret\n' >&2`,
 			`printf 'hunter2-'; sleep 0.2; echo noise >&2; sleep 0.2; printf 'very-secret\n'`,
 			`echo "$S"`,
 		},
@@ -323,3 +324,61 @@ func TestInputsAreUploaded(t *testing.T) {
 func archiveWrite(ctx context.Context, w io.Writer, dir string) error {
 	return archive.Write(ctx, w, dir, []string{"hello.txt"})
 }
+
+func TestOutputsAreCollectedWhenAsked(t *testing.T) {
+	r, _ := shellRunner(t)
+	collect := func(got *[]string) func(ctx context.Context, rd io.Reader) error {
+		return func(ctx context.Context, rd io.Reader) error {
+			dir := t.TempDir()
+			if err := archive.Extract(ctx, rd, dir); err != nil {
+				return err
+			}
+			data, err := os.ReadFile(filepath.Join(dir, "out", "result.txt"))
+			if err == nil {
+				*got = append(*got, string(data))
+			}
+			return nil
+		}
+	}
+	for _, tc := range []struct {
+		name      string
+		exit      string
+		when      OutputWhen
+		collected bool
+	}{
+		{"on success after success", "0", OnSuccess, true},
+		{"on success after failure", "1", OnSuccess, false},
+		{"on failure after failure", "1", OnFailure, true},
+		{"on failure after success", "0", OnFailure, false},
+		{"always after failure", "1", Always, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			j := Job{
+				ID: "outputs-" + sanitizeTestName(tc.name), Name: tc.name,
+				Script:  []string{"mkdir out", "echo made > out/result.txt", "exit " + tc.exit},
+				Outputs: []Output{{Name: "artifacts", Paths: []string{"out", "missing"}, When: tc.when, Read: collect(&got)}},
+			}
+			var log syncBuffer
+			r.Run(context.Background(), j, &log)
+			if (len(got) == 1) != tc.collected || (tc.collected && got[0] != "made\n") {
+				t.Errorf("collected %q, want collected=%v\n%s", got, tc.collected, log.String())
+			}
+		})
+	}
+	t.Run("a failing reader fails a successful job", func(t *testing.T) {
+		j := Job{
+			ID: "outputs-broken", Name: "broken", Script: []string{"true"},
+			Outputs: []Output{{Name: "artifacts", Paths: []string{"."}, Read: func(context.Context, io.Reader) error {
+				return errors.New("artifact store is full")
+			}}},
+		}
+		var log syncBuffer
+		res := r.Run(context.Background(), j, &log)
+		if res.Status != Failed || res.FailureReason != SystemFailure || !strings.Contains(log.String(), "artifact store is full") {
+			t.Errorf("result %+v; want a system failure naming the reader's error\n%s", res, log.String())
+		}
+	})
+}
+
+func sanitizeTestName(s string) string { return strings.ReplaceAll(s, " ", "-") }
