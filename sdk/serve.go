@@ -123,28 +123,55 @@ func (t *tracker) Cleanup(ctx context.Context, h Handle) error {
 }
 
 func (t *tracker) Run(ctx context.Context, h Handle, step Step, out Output) (int, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	t.mu.Lock()
-	if t.draining {
-		t.mu.Unlock()
-		return -1, fmt.Errorf("the plugin is shutting down")
+	ctx, done, err := t.begin(ctx)
+	if err != nil {
+		return -1, err
 	}
-	t.runs[&cancel] = struct{}{}
-	t.mu.Unlock()
-	defer func() {
-		t.mu.Lock()
-		delete(t.runs, &cancel)
-		t.mu.Unlock()
-	}()
+	defer done()
 	return t.Executor.Run(ctx, h, step, out)
 }
 
-// RunSteps is only offered when the executor itself is a BatchRunner; the
-// server checks for that with a type assertion on the wrapped executor.
+// batch offers the executor's RunSteps when it is a BatchRunner; the
+// server checks for it with a type assertion on the tracker. Batch runs
+// are tracked like Run calls, so a shutdown stops them too.
 func (t *tracker) batch() (BatchRunner, bool) {
 	br, ok := t.Executor.(BatchRunner)
-	return br, ok
+	if !ok {
+		return nil, false
+	}
+	return trackedBatch{t: t, br: br}, true
+}
+
+type trackedBatch struct {
+	t  *tracker
+	br BatchRunner
+}
+
+func (b trackedBatch) RunSteps(ctx context.Context, h Handle, steps []Step, out StepOutput) ([]StepResult, error) {
+	ctx, done, err := b.t.begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	return b.br.RunSteps(ctx, h, steps, out)
+}
+
+// begin registers a running call so that shutdown can cancel it.
+func (t *tracker) begin(ctx context.Context) (context.Context, func(), error) {
+	ctx, cancel := context.WithCancel(ctx)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.draining {
+		cancel()
+		return nil, nil, fmt.Errorf("the plugin is shutting down")
+	}
+	t.runs[&cancel] = struct{}{}
+	return ctx, func() {
+		t.mu.Lock()
+		delete(t.runs, &cancel)
+		t.mu.Unlock()
+		cancel()
+	}, nil
 }
 
 // watchHost shuts the plugin down when its parent changes (the host died

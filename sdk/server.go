@@ -182,7 +182,11 @@ func (s *server) runBatch(ctx context.Context, br BatchRunner, h Handle, steps [
 		case <-runCtx.Done():
 		}
 	}()
-	results, err := br.RunSteps(runCtx, h, steps, out)
+	// The stream carries a step's output between the exit of the step
+	// before it and its own exit; a batch runner learns how its steps ended
+	// only when RunSteps returns, so the output of later steps waits here.
+	ord := &orderedOutput{out: out}
+	results, err := br.RunSteps(runCtx, h, steps, ord.step)
 	for i := range steps {
 		r := StepResult{Err: err}
 		switch {
@@ -191,11 +195,83 @@ func (s *server) runBatch(ctx context.Context, br BatchRunner, h Handle, steps [
 		case err == nil:
 			r.Err = fmt.Errorf("the executor returned no result for step %q", steps[i].Name)
 		}
+		if e := ord.flush(i); e != nil {
+			return e
+		}
 		if e := exit(i, r); e != nil {
 			return e
 		}
+		ord.advance(i + 1)
 	}
 	return nil
+}
+
+// orderedOutput passes the output of the current step (the first whose
+// exit is not sent) straight on, and holds the output of later steps until
+// their turn.
+type orderedOutput struct {
+	out StepOutput
+
+	mu      sync.Mutex
+	current int
+	held    map[int][]heldChunk
+}
+
+type heldChunk struct {
+	stderr bool
+	data   []byte
+}
+
+func (o *orderedOutput) step(i int) Output {
+	return Output{Stdout: orderedWriter{o, i, false}, Stderr: orderedWriter{o, i, true}}
+}
+
+// flush writes what is held for step i, in the order it was written.
+func (o *orderedOutput) flush(i int) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	chunks := o.held[i]
+	delete(o.held, i)
+	for _, c := range chunks {
+		dst := o.out(i).Stdout
+		if c.stderr {
+			dst = o.out(i).Stderr
+		}
+		if _, err := dst.Write(c.data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (o *orderedOutput) advance(next int) {
+	o.mu.Lock()
+	o.current = next
+	o.mu.Unlock()
+}
+
+type orderedWriter struct {
+	o      *orderedOutput
+	step   int
+	stderr bool
+}
+
+func (w orderedWriter) Write(p []byte) (int, error) {
+	o := w.o
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if w.step > o.current {
+		if o.held == nil {
+			o.held = map[int][]heldChunk{}
+		}
+		o.held[w.step] = append(o.held[w.step], heldChunk{w.stderr, bytes.Clone(p)})
+		return len(p), nil
+	}
+	dst := o.out(w.step).Stdout
+	if w.stderr {
+		dst = o.out(w.step).Stderr
+	}
+	return dst.Write(p)
 }
 
 // runSequence runs steps one after another with their When semantics,

@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/berthci/berth/lambda"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/shell"
 )
@@ -31,7 +32,8 @@ const serveFlag = "__serve-executor"
 // plugin process of its own: berth re-executes itself to serve it.
 func builtins() map[string]func() sdk.Executor {
 	return map[string]func() sdk.Executor{
-		"shell": func() sdk.Executor { return shell.New() },
+		"shell":  func() sdk.Executor { return shell.New() },
+		"lambda": func() sdk.Executor { return lambda.New() },
 	}
 }
 
@@ -64,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = execCommand(ctx, args[1:], stdout, stderr)
 	case "plugins":
 		err = pluginsCommand(ctx, args[1:], stdout, stderr)
+	case "lambda":
+		err = lambdaCommand(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "berth %s (executor protocol %d)\n", version, sdk.ProtocolVersion)
 	case "help", "-h", "--help":
@@ -97,6 +101,8 @@ Usage:
   berth plugins list [--plugin-dir DIR]
                               list the executors berth can use
   berth plugins inspect NAME  show an executor's settings and their flags
+  berth lambda package [-o function.zip] [--arch amd64|arm64]
+                              build the AWS Lambda function that runs jobs (docs/lambda.md)
   berth version
 
 Run 'berth exec --help' for exec's flags, including those of the chosen executor.

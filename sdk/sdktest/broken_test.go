@@ -77,6 +77,23 @@ func (l *lineWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// cutter passes on the first left bytes of a stream and counts the rest.
+type cutter struct {
+	w       io.Writer
+	left    int64
+	dropped int64
+}
+
+func (c *cutter) Write(p []byte) (int, error) {
+	k := min(int64(len(p)), c.left)
+	c.left -= k
+	c.dropped += int64(len(p)) - k
+	if _, err := c.w.Write(p[:k]); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
 // gate stops passing writes on once closed.
 type gate struct {
 	mu     sync.Mutex
@@ -179,6 +196,16 @@ var defects = []struct {
 				return e.Run(ctx, h, s, out)
 			}}
 		},
+	},
+	{
+		name: "cuts output without saying so", only: []string{"big_output"}, wantFailed: []string{"big_output"},
+		wrap: func(e *shell.Executor) sdk.Executor {
+			return &broken{Executor: e, run: func(ctx context.Context, h sdk.Handle, s sdk.Step, out sdk.Output) (int, error) {
+				out.Stdout = &cutter{w: out.Stdout, left: 8 << 20}
+				return e.Run(ctx, h, s, out)
+			}}
+		},
+		opts: []Option{WithOutputLimit(8 << 20)},
 	},
 	{
 		name: "swaps stdout and stderr", only: []string{"stdout_stderr"}, wantFailed: []string{"stdout_stderr"},
@@ -335,6 +362,28 @@ func TestSuiteFailsBrokenExecutors(t *testing.T) {
 			}
 			t.Logf("what the suite reported:\n%s", rec)
 		})
+	}
+}
+
+// An executor that declares an output limit and cuts a longer stream with
+// one line saying so passes the big-output test.
+func TestSuiteAcceptsDeclaredCut(t *testing.T) {
+	rec := newRecorder(t)
+	wrap := func(e *shell.Executor) sdk.Executor {
+		return &broken{Executor: e, run: func(ctx context.Context, h sdk.Handle, s sdk.Step, out sdk.Output) (int, error) {
+			c := &cutter{w: out.Stdout, left: 8 << 20}
+			out.Stdout = c
+			code, err := e.Run(ctx, h, s, out)
+			if c.dropped > 0 {
+				fmt.Fprintf(c.w, "\n[cut] %d bytes dropped\n", c.dropped)
+			}
+			return code, err
+		}}
+	}
+	run(rec, func(suiteT) sdk.Executor { return wrap(shell.New()) }, suiteOptions(t, WithOutputLimit(8<<20), only("big_output"))...)
+	rec.finish()
+	if failed := rec.failedTests(); len(failed) > 0 {
+		t.Errorf("the suite failed an executor that cuts its output as declared: %q\n%s", failed, rec)
 	}
 }
 

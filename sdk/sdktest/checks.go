@@ -86,6 +86,8 @@ type streamCheck struct {
 	n        int64
 	mismatch int64 // offset of the first difference, -1 if none
 	got      hash.Hash
+	// rest holds the first bytes from the first difference on.
+	rest []byte
 }
 
 func newStreamCheck(want io.Reader) *streamCheck {
@@ -96,6 +98,7 @@ func (s *streamCheck) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.got.Write(p)
+	from := len(p) // where p starts to differ, if it does
 	if s.mismatch < 0 {
 		if cap(s.scratch) < len(p) {
 			s.scratch = make([]byte, len(p))
@@ -105,12 +108,29 @@ func (s *streamCheck) Write(p []byte) (int, error) {
 		for i := range p {
 			if i >= k || p[i] != w[i] {
 				s.mismatch = s.n + int64(i)
+				from = i
 				break
 			}
 		}
+	} else {
+		from = 0
+	}
+	if room := maxRest - len(s.rest); from < len(p) && room > 0 {
+		s.rest = append(s.rest, p[from:from+min(len(p)-from, room)]...)
 	}
 	s.n += int64(len(p))
 	return len(p), nil
+}
+
+// maxRest is how much streamCheck keeps from the first difference on.
+const maxRest = 4 << 10
+
+// afterMismatch returns what arrived from the first difference on (its
+// first maxRest bytes).
+func (s *streamCheck) afterMismatch() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Clone(s.rest)
 }
 
 // result describes what arrived.

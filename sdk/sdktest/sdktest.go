@@ -12,9 +12,13 @@
 // suite reads the executor's Capabilities and tests what they promise: a
 // OneShot executor gets each job's steps in one RunSteps call, cancel tests
 // expect SIGTERM before SIGKILL only with CancelGracefully, scripts are
-// written for each promised shell. Checks that look at processes need the
-// steps to run on this machine: pass LocalProcesses for that; without it
-// they are skipped with a message saying so.
+// written for each promised shell. A OneShot executor returns a step's
+// output only when the run ends and cannot stop a step it has handed over:
+// the cancel and cleanup tests stop it without waiting for output, and do
+// not look for the stopped step's processes. Checks that look at processes
+// need the steps to run on this machine: pass LocalProcesses for that;
+// without it they are skipped with a message saying so. An executor whose
+// output has to fit a bounded result declares it with WithOutputLimit.
 //
 // Design: the subtests are written against a small interface (testing.TB
 // plus Run with that interface), which *testing.T satisfies through an
@@ -49,6 +53,9 @@ type config struct {
 	grace    time.Duration
 	wait     time.Duration
 	only     []string
+	// outputLimit is how much of a step's output the executor delivers at
+	// most (0: all of it).
+	outputLimit int64
 }
 
 // WithSettings makes the suite Configure executors with settings.
@@ -74,6 +81,13 @@ func WithGracePeriod(d time.Duration) Option { return func(c *config) { c.grace 
 // WithWait bounds how long the suite waits for one executor call before it
 // fails the test (default 3 minutes).
 func WithWait(d time.Duration) Option { return func(c *config) { c.wait = d } }
+
+// WithOutputLimit declares that the executor delivers at most n bytes of a
+// step's output (as one whose results travel in one bounded response, such
+// as a Lambda invocation's), and cuts a longer stream: it then ends with
+// one line (of up to 1 KiB) saying what was dropped. The big-output test
+// checks that at least half of n arrives intact before that line.
+func WithOutputLimit(n int64) Option { return func(c *config) { c.outputLimit = n } }
 
 // only restricts the suite to the named tests ("big_output",
 // "cancel/term_ignored") and their subtests, for the suite's own tests.
