@@ -33,10 +33,17 @@ type Env func(string) string
 // SearchDirs returns the folders searched for external plugins, in order:
 // flagDir (--plugin-dir), $BERTH_PLUGIN_DIR, $XDG_DATA_HOME/berth/plugins
 // (default ~/.local/share/berth/plugins), /usr/local/lib/berth/plugins.
-// Empty entries are dropped.
+// Empty entries are dropped; relative ones are made absolute.
 func SearchDirs(flagDir string, env Env) []string {
 	var dirs []string
 	add := func(d string) {
+		// A relative folder (--plugin-dir .) is made absolute: a plugin's
+		// path without a slash would be looked up in $PATH.
+		if d != "" && !filepath.IsAbs(d) {
+			if abs, err := filepath.Abs(d); err == nil {
+				d = abs
+			}
+		}
 		if d != "" && !slices.Contains(dirs, d) {
 			dirs = append(dirs, d)
 		}
@@ -81,6 +88,9 @@ func Discover(dirs []string, self string, builtins []string, builtinArgs func(st
 			continue
 		}
 		for _, e := range entries {
+			if strings.HasSuffix(e.Name(), ManifestSuffix) {
+				continue // an install manifest, next to its plugin
+			}
 			p, why := candidate(dir, e)
 			if why != "" {
 				log.Debug("not an executor plugin: "+why, "path", filepath.Join(dir, e.Name()))

@@ -53,6 +53,11 @@ func Start(ctx context.Context, p Plugin, opts StartOptions) (*Instance, error) 
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
+	// An installed plugin must still be the file installed (its manifest
+	// records the digest); one put in a folder by hand is not checked.
+	if err := checkUnchanged(p); err != nil {
+		return nil, err
+	}
 	socketDir, err := os.MkdirTemp("", "berth-plugin-"+p.Name+"-")
 	if err != nil {
 		return nil, fmt.Errorf("executor plugin %q: making its socket folder: %w", p.Name, err)
