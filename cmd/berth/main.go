@@ -19,6 +19,8 @@ import (
 	"github.com/berthci/berth/lambda"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/shell"
+	sshexecutor "github.com/berthci/berth/ssh"
+	"github.com/berthci/berth/virtualbox"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -32,8 +34,10 @@ const serveFlag = "__serve-executor"
 // plugin process of its own: berth re-executes itself to serve it.
 func builtins() map[string]func() sdk.Executor {
 	return map[string]func() sdk.Executor{
-		"shell":  func() sdk.Executor { return shell.New() },
-		"lambda": func() sdk.Executor { return lambda.New() },
+		"shell":      func() sdk.Executor { return shell.New() },
+		"lambda":     func() sdk.Executor { return lambda.New() },
+		"ssh":        func() sdk.Executor { return sshexecutor.New() },
+		"virtualbox": func() sdk.Executor { return virtualbox.New() },
 	}
 }
 
@@ -66,6 +70,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = execCommand(ctx, args[1:], stdout, stderr)
 	case "plugins":
 		err = pluginsCommand(ctx, args[1:], stdout, stderr)
+	case "register":
+		err = registerCommand(ctx, args[1:], stdout, stderr)
+	case "run":
+		err = runCommand(ctx, args[1:], stdout, stderr)
+	case "run-single":
+		err = runSingleCommand(ctx, args[1:], stdout, stderr)
+	case "verify":
+		err = verifyCommand(ctx, args[1:], stdout, stderr)
+	case "unregister":
+		err = unregisterCommand(ctx, args[1:], stdout, stderr)
+	case "list":
+		err = listCommand(ctx, args[1:], stdout, stderr)
 	case "lambda":
 		err = lambdaCommand(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
@@ -101,6 +117,15 @@ Usage:
   berth plugins list [--plugin-dir DIR]
                               list the executors berth can use
   berth plugins inspect NAME  show an executor's settings and their flags
+  berth register [-c FILE] --url URL --token glrt-… --executor NAME [--EXECUTOR-SETTING …]
+                              register a runner with GitLab (or --registration-token) into config.toml
+  berth run [-c FILE]         take and run jobs for every runner of config.toml
+  berth run-single --url URL --token TOKEN [--executor NAME] [--max-builds N]
+                              take and run jobs for one runner given by flags
+  berth verify [-c FILE] [--delete]
+                              check the runners' tokens with GitLab
+  berth unregister [-c FILE] (--name NAME | --url URL --token TOKEN | --all-runners)
+  berth list [-c FILE]        list the runners of config.toml
   berth lambda package [-o function.zip] [--arch amd64|arm64]
                               build the AWS Lambda function that runs jobs (docs/lambda.md)
   berth version

@@ -1,0 +1,44 @@
+# shellcheck shell=bash
+# Sourced by .ci/run (bash, set -euo pipefail, as root, Debian 12, no systemd).
+#
+# Installs what the ssh and virtualbox executors' tests need: OpenSSH's
+# server (/usr/sbin/sshd) and client (ssh, ssh-keygen). It starts nothing:
+# each test starts its own sshd on a free 127.0.0.1 port with its own host
+# keys and config, and stops it. Debian's package would start a system sshd
+# on port 22 when it is installed; a policy-rc.d that refuses service starts
+# is put in place for the install when there is none, and removed after.
+#
+# Idempotent and fast when both are present (no apt-get at all).
+
+berth_ssh_setup() {
+  local pkgs=() policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
+  [ -x /usr/sbin/sshd ] || pkgs+=(openssh-server)
+  command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 || pkgs+=(openssh-client)
+  if [ ${#pkgs[@]} -gt 0 ]; then
+    echo "setup-ssh: installing ${pkgs[*]}"
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\n# berth .ci/setup-ssh.sh: no service starts during the install\nexit 101\n' >"$policy"
+      chmod 755 "$policy"
+      made_policy=1
+    fi
+    apt-get update -qq || rc=$?
+    if [ "$rc" = 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || rc=$?
+    fi
+    if [ "$made_policy" = 1 ]; then
+      rm -f "$policy"
+    fi
+    if [ "$rc" != 0 ]; then
+      echo "setup-ssh: installing ${pkgs[*]} failed (exit $rc)" >&2
+      return "$rc"
+    fi
+  fi
+  # sshd's privilege separation directory; a test makes it too, but the
+  # tests may run as a user who cannot.
+  mkdir -p /run/sshd
+  chmod 755 /run/sshd
+  echo "setup-ssh: $(/usr/sbin/sshd -V 2>&1 | head -n 1 || true)"
+}
+
+berth_ssh_setup
+unset -f berth_ssh_setup
