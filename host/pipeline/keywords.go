@@ -24,11 +24,7 @@ func reservedTopLevel(name string) bool {
 // that means for the user.
 func unsupportedTopLevel() map[string]string {
 	return map[string]string{
-		"include":  "jobs and settings from included files are missing",
-		"workflow": "the pipeline always runs and its workflow rules and variables are not applied",
-		"services": "no services are started",
-		"cache":    "nothing is cached",
-		"types":    "it is the old name of stages; rename it to stages",
+		"types": "it is the old name of stages; rename it to stages",
 	}
 }
 
@@ -44,8 +40,11 @@ func defaultKeywords() []string {
 // supportedJobKeywords are the job keywords berth exec applies.
 func supportedJobKeywords() []string {
 	return []string{
-		"after_script", "allow_failure", "before_script", "image", "script",
-		"stage", "tags", "timeout", "variables", "when",
+		"after_script", "allow_failure", "artifacts", "before_script", "cache",
+		"coverage", "dependencies", "except", "extends", "image", "inherit",
+		"interruptible", "manual_confirmation", "needs", "only", "parallel",
+		"resource_group", "retry", "rules", "script", "services", "stage",
+		"start_in", "tags", "timeout", "variables", "when",
 	}
 }
 
@@ -53,33 +52,16 @@ func supportedJobKeywords() []string {
 // means for the user.
 func unsupportedJobKeywords() map[string]string {
 	return map[string]string{
-		"artifacts":           "no artifacts are kept or passed on",
-		"cache":               "nothing is cached",
-		"coverage":            "coverage is not extracted",
-		"dast_configuration":  "it has no effect",
-		"dependencies":        "no artifacts are passed on",
-		"environment":         "no environment is set up",
-		"except":              "the job runs whatever except: says",
-		"extends":             "settings from the extended jobs are missing",
-		"hooks":               "the hooks do not run",
-		"id_tokens":           "no ID tokens are issued",
-		"identity":            "no identity is set up",
-		"inherit":             "the job inherits every default and global variable",
-		"interruptible":       "it has no effect",
-		"manual_confirmation": "it has no effect",
-		"needs":               "the job waits for its whole previous stage",
-		"only":                "the job runs whatever only: says",
-		"pages":               "it has no effect",
-		"parallel":            "the job runs once",
-		"release":             "no release is created",
-		"resource_group":      "the job is not serialized with others",
-		"retry":               "the job is not retried",
-		"rules":               "the job runs as if it had no rules",
-		"run":                 "the job is left out",
-		"secrets":             "no secrets are fetched",
-		"services":            "no services are started",
-		"start_in":            "the delay is unknown",
-		"trigger":             "the job is left out",
+		"dast_configuration": "it has no effect",
+		"environment":        "no environment is set up",
+		"hooks":              "the hooks do not run",
+		"id_tokens":          "no ID tokens are issued",
+		"identity":           "no identity is set up",
+		"pages":              "it has no effect",
+		"release":            "no release is created",
+		"run":                "the job is left out",
+		"secrets":            "no secrets are fetched",
+		"trigger":            "the job is left out",
 	}
 }
 

@@ -18,6 +18,13 @@ func doc(s string) []byte { return []byte(strings.TrimPrefix(s, "\n")) }
 
 // normalize makes empty slices nil so that expected jobs can leave them out.
 func normalize(j Job) Job {
+	if j.Base == "" {
+		j.Base = j.Name
+	}
+	if j.File == "" {
+		j.File = "ci.yml"
+	}
+	j.AllowFailureSet = false // tested with rules, where it matters
 	if len(j.BeforeScript) == 0 {
 		j.BeforeScript = nil
 	}
@@ -260,8 +267,8 @@ strict_manual:
 		want: []Job{
 			{Name: "allowed", Stage: "test", Line: 1, When: "on_success", Script: []string{"x"}, AllowFailure: true},
 			{Name: "forbidden", Stage: "test", Line: 4, When: "on_success", Script: []string{"x"}},
-			{Name: "one", Stage: "test", Line: 7, When: "on_success", Script: []string{"x"}, AllowFailureExitCodes: []int{137}},
-			{Name: "some", Stage: "test", Line: 10, When: "on_success", Script: []string{"x"}, AllowFailureExitCodes: []int{1, 2, 16}},
+			{Name: "one", Stage: "test", Line: 7, When: "on_success", Script: []string{"x"}, AllowFailure: true, AllowFailureExitCodes: []int{137}},
+			{Name: "some", Stage: "test", Line: 10, When: "on_success", Script: []string{"x"}, AllowFailure: true, AllowFailureExitCodes: []int{1, 2, 16}},
 			{Name: "manual", Stage: "test", Line: 14, When: "manual", Script: []string{"x"}, AllowFailure: true},
 			{Name: "strict_manual", Stage: "test", Line: 17, When: "manual", Script: []string{"x"}},
 		},
@@ -434,40 +441,38 @@ job:
   script: x
   rules:
     - if: $CI
-  artifacts:
-    paths: [out]
+  environment: production
 child:
   trigger: a/b
 `,
 		want: []string{
-			`ci.yml:3:3: job "job": rules is not supported by berth exec yet and is ignored: the job runs as if it had no rules`,
-			`ci.yml:5:3: job "job": artifacts is not supported by berth exec yet and is ignored: no artifacts are kept or passed on`,
-			`ci.yml:8:3: job "child": trigger is not supported by berth exec yet and is ignored: the job is left out`,
+			`ci.yml:5:3: job "job": environment is not supported by berth exec yet and is ignored: no environment is set up`,
+			`ci.yml:7:3: job "child": trigger is not supported by berth exec yet and is ignored: the job is left out`,
 		},
 	}, {
 		name: "unsupported top-level keywords",
 		yaml: `
-include: other.yml
+include: https://example.com/ci.yml
+types: [a]
 workflow:
   rules: [{when: always}]
 cache: {paths: [x]}
 job: {script: x}
 `,
 		want: []string{
-			`ci.yml:1:1: include is not supported by berth exec yet and is ignored: jobs and settings from included files are missing`,
-			`ci.yml:2:1: workflow is not supported by berth exec yet and is ignored: the pipeline always runs and its workflow rules and variables are not applied`,
-			`ci.yml:4:1: cache is not supported by berth exec yet and is ignored: nothing is cached`,
+			`ci.yml:1:10: include: remote files are not supported by berth exec yet and are ignored: the jobs of https://example.com/ci.yml are missing`,
+			`ci.yml:2:1: types is not supported by berth exec yet and is ignored: it is the old name of stages; rename it to stages`,
 		},
 	}, {
 		name: "default: keywords",
 		yaml: `
 default:
-  retry: 2
+  hooks: {pre_get_sources_script: [x]}
   imgae: alpine
 job: {script: x}
 `,
 		want: []string{
-			`ci.yml:2:3: default: retry is not supported by berth exec yet and is ignored`,
+			`ci.yml:2:3: default: hooks is not supported by berth exec yet and is ignored`,
 			`ci.yml:3:3: default: unknown keyword "imgae" is ignored (did you mean image?)`,
 		},
 	}, {
@@ -624,9 +629,10 @@ list_of_null:
   script: [a, ~]
 `,
 		want: []string{
+			`ci.yml:6:12: job "extended": extends: there is no job or template named ".base"`,
 			`ci.yml:1:1: job "none": script is required`,
 			`ci.yml:3:1: job "misspelled": script is required; is "scirpt" (line 4) a misspelled script?`,
-			`ci.yml:5:1: job "extended": script is required; extends (line 6) is not supported yet, so no script comes from the jobs it extends`,
+			`ci.yml:5:1: job "extended": script is required`,
 			`ci.yml:8:3: job "nothing": script is empty`,
 			`ci.yml:10:11: job "empty": script: the list is empty`,
 			`ci.yml:13:7: job "mapping": script: expected a string, got a mapping (a ": " in an unquoted string makes a mapping; put the string in quotes)`,
@@ -697,23 +703,15 @@ job:
 			`ci.yml:10:33: job "job": image: pull_policy: "sometimes" is not one of always, if-not-present, never`,
 		},
 	}, {
-		name: "YAML features not supported yet",
+		name: "an alias where a script is expected",
 		yaml: `
 .base: &base
   script: [a]
-job:
-  <<: *base
-  stage: test
-other:
-  script: !reference [.base, script]
 third:
   script: *base
 `,
 		want: []string{
-			`ci.yml:4:3: job "job": YAML merge keys (<<) are not supported yet`,
-			`ci.yml:3:1: job "job": script is required`,
-			`ci.yml:7:11: job "other": script: !reference tags are not supported yet`,
-			`ci.yml:9:11: job "third": script: YAML aliases (*base) are not supported yet`,
+			`ci.yml:1:8: job "third": script: expected a string, got a mapping (a ": " in an unquoted string makes a mapping; put the string in quotes)`,
 		},
 	}}
 	for _, tt := range tests {
@@ -814,7 +812,8 @@ lint: {stage: test, script: x}
 func TestReservedTopLevelKeywords(t *testing.T) {
 	// Every reserved keyword the parser does not handle itself must have a
 	// note for its warning, or the warning would end in an empty reason.
-	handled := map[string]bool{"stages": true, "variables": true, "default": true, "image": true, "before_script": true, "after_script": true}
+	handled := map[string]bool{"stages": true, "variables": true, "default": true, "image": true, "before_script": true, "after_script": true,
+		"include": true, "workflow": true, "services": true, "cache": true}
 	for _, k := range []string{"default", "include", "stages", "variables", "workflow", "image", "services", "cache", "before_script", "after_script", "types"} {
 		if !reservedTopLevel(k) {
 			t.Errorf("%s is not reserved", k)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"regexp"
 	"strconv"
 	"strings"
@@ -18,33 +19,49 @@ const maxScriptDepth = 10
 
 // loader collects the errors and warnings of one Parse.
 type loader struct {
-	file     string
-	errs     []error
-	warnings []Warning
+	file    string // the pipeline file
+	project fs.FS  // where include: local files are read; nil: none
+	files   []string
+	// fileOf is the file each node comes from (nodes keep their line and
+	// column through includes and merges, not their file).
+	fileOf map[*yaml.Node]string
+	// warned holds the mappings whose duplicate keys were reported.
+	warned map[*yaml.Node]bool
+	// parallels are the parallel: specs of the jobs that have one.
+	parallels map[*Job]parallelSpec
+	errs      []error
+	warnings  []Warning
 }
 
-func (l *loader) errorAt(line, col int, format string, args ...any) {
-	l.errs = append(l.errs, &Error{File: l.file, Line: line, Column: col, Message: fmt.Sprintf(format, args...)})
+func (l *loader) errorAt(file string, line, col int, format string, args ...any) {
+	l.errs = append(l.errs, &Error{File: file, Line: max(line, 1), Column: max(col, 1), Message: fmt.Sprintf(format, args...)})
+}
+
+func (l *loader) nodeFile(n *yaml.Node) string {
+	if f, ok := l.fileOf[n]; ok {
+		return f
+	}
+	return l.file
 }
 
 func (l *loader) errorf(n *yaml.Node, format string, args ...any) {
-	l.errorAt(n.Line, n.Column, format, args...)
+	l.errorAt(l.nodeFile(n), n.Line, n.Column, format, args...)
 }
 
 func (l *loader) warnf(n *yaml.Node, format string, args ...any) {
-	l.warnings = append(l.warnings, Warning{File: l.file, Line: n.Line, Column: n.Column, Message: fmt.Sprintf(format, args...)})
+	l.warnings = append(l.warnings, Warning{File: l.nodeFile(n), Line: max(n.Line, 1), Column: max(n.Column, 1), Message: fmt.Sprintf(format, args...)})
 }
 
 // documents parses data into its YAML documents. A syntax error is recorded
 // with the position where the parser failed.
-func (l *loader) documents(data []byte) []*yaml.Node {
+func (l *loader) documents(file string, data []byte) []*yaml.Node {
 	docs, err := decodeAll(data)
 	if err == nil {
 		return docs
 	}
 	msg := yamlMessage(err)
 	line, col := failurePosition(data, msg)
-	l.errorAt(line, col, "invalid YAML: %s", msg)
+	l.errorAt(file, line, col, "invalid YAML: %s", msg)
 	return nil
 }
 
@@ -128,20 +145,21 @@ func (l *loader) entries(n *yaml.Node, what string) ([]entry, bool) {
 	var out []entry
 	index := make(map[string]int)
 	ok := true
+	report := !l.warned[n]
+	l.warned[n] = true
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		key, value := n.Content[i], n.Content[i+1]
-		if key.Kind == yaml.ScalarNode && key.ShortTag() == "!!merge" {
-			l.errorf(key, "%s: YAML merge keys (<<) are not supported yet", what)
-			ok = false
-			continue
-		}
 		if key.Kind != yaml.ScalarNode || key.ShortTag() == "!!null" {
-			l.errorf(key, "%s: a key must be a plain name, got %s", what, describe(key))
+			if report {
+				l.errorf(key, "%s: a key must be a plain name, got %s", what, describe(key))
+			}
 			ok = false
 			continue
 		}
 		if first, dup := index[key.Value]; dup {
-			l.warnf(key, "%s: %q is given twice (first at line %d); the last one is used", what, key.Value, out[first].key.Line)
+			if report {
+				l.warnf(key, "%s: %q is given twice (first at line %d); the last one is used", what, key.Value, out[first].key.Line)
+			}
 			out[first].key, out[first].value = key, value
 			continue
 		}
@@ -151,15 +169,15 @@ func (l *loader) entries(n *yaml.Node, what string) ([]entry, bool) {
 	return out, ok
 }
 
-// resolve returns the node n stands for, or nil (with an error) if that is
-// something not supported yet: a YAML alias or a !reference tag.
+// resolve returns the node n stands for. Aliases and !reference tags are
+// replaced before jobs are read; one still here is where one may not be.
 func (l *loader) resolve(n *yaml.Node, what string) *yaml.Node {
 	switch {
 	case n.Kind == yaml.AliasNode:
-		l.errorf(n, "%s: YAML aliases (*%s) are not supported yet", what, n.Value)
+		l.errorf(n, "%s: the YAML alias *%s cannot be used here", what, n.Value)
 		return nil
 	case n.Tag == "!reference":
-		l.errorf(n, "%s: !reference tags are not supported yet", what)
+		l.errorf(n, "%s: a !reference tag cannot be used here", what)
 		return nil
 	}
 	return n
