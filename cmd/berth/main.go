@@ -16,6 +16,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/berthci/berth/docker"
 	"github.com/berthci/berth/lambda"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/shell"
@@ -35,6 +36,7 @@ const serveFlag = "__serve-executor"
 func builtins() map[string]func() sdk.Executor {
 	return map[string]func() sdk.Executor{
 		"shell":      func() sdk.Executor { return shell.New() },
+		"docker":     func() sdk.Executor { return docker.New() },
 		"lambda":     func() sdk.Executor { return lambda.New() },
 		"ssh":        func() sdk.Executor { return sshexecutor.New() },
 		"virtualbox": func() sdk.Executor { return virtualbox.New() },
