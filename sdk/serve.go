@@ -30,6 +30,10 @@ const ShutdownTimeout = 30 * time.Second
 // SIGKILLed), or on SIGTERM or SIGINT, Serve cancels every running step,
 // cleans up every job still prepared, and exits.
 func Serve(e Executor) {
+	// When the host dies, the plugin's stderr is a pipe nobody reads: a log
+	// line would raise SIGPIPE and kill the plugin before it stopped its
+	// jobs. Ignored, the write just fails.
+	signal.Ignore(syscall.SIGPIPE)
 	slog.SetDefault(slog.New(NewPluginLogHandler(os.Stderr, slog.LevelDebug)))
 	t := newTracker(e)
 	go t.watchHost(os.Getppid())
