@@ -18,6 +18,7 @@ import (
 
 	"github.com/berthci/berth/docker"
 	"github.com/berthci/berth/lambda"
+	"github.com/berthci/berth/qemu"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/shell"
 	sshexecutor "github.com/berthci/berth/ssh"
@@ -38,6 +39,7 @@ func builtins() map[string]func() sdk.Executor {
 		"shell":      func() sdk.Executor { return shell.New() },
 		"docker":     func() sdk.Executor { return docker.New() },
 		"lambda":     func() sdk.Executor { return lambda.New() },
+		"qemu":       func() sdk.Executor { return qemu.New() },
 		"ssh":        func() sdk.Executor { return sshexecutor.New() },
 		"virtualbox": func() sdk.Executor { return virtualbox.New() },
 	}
