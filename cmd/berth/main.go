@@ -74,6 +74,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = execCommand(ctx, args[1:], stdout, stderr)
 	case "plugins":
 		err = pluginsCommand(ctx, args[1:], stdout, stderr)
+	case "register":
+		err = registerCommand(ctx, args[1:], stdout, stderr)
+	case "run":
+		err = runCommand(ctx, args[1:], stdout, stderr)
+	case "run-single":
+		err = runSingleCommand(ctx, args[1:], stdout, stderr)
+	case "verify":
+		err = verifyCommand(ctx, args[1:], stdout, stderr)
+	case "unregister":
+		err = unregisterCommand(ctx, args[1:], stdout, stderr)
+	case "list":
+		err = listCommand(ctx, args[1:], stdout, stderr)
 	case "lambda":
 		err = lambdaCommand(ctx, args[1:], stdout, stderr)
 	case "version", "--version":

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -59,6 +60,12 @@ type Job struct {
 	// (artifacts, caches), each when its When says.
 	Outputs []Output
 
+	// Credentials are registry logins for the job's images, and
+	// ExecutorVariables the job variables meant for the executor itself;
+	// both are handed to the executor's Prepare.
+	Credentials       []sdk.Credential
+	ExecutorVariables map[string]string
+
 	// Cancel, when closed, stops the job gracefully: the script gets
 	// SIGTERM and its grace period, after_script still runs. (Cancelling
 	// Run's context instead aborts: no after_script; cleanup still runs.)
@@ -73,6 +80,10 @@ type Input struct {
 	Name string
 	// Write writes the tree as a tar stream.
 	Write func(ctx context.Context, w io.Writer) error
+	// Prepare, when set, is called in the input's trace section before
+	// Write (to fetch what Write will send); what it writes to log lands in
+	// the job's trace, masked. An error fails the job as Write's would.
+	Prepare func(ctx context.Context, log io.Writer) error
 }
 
 // Output is a set of paths to bring back from the build directory after
@@ -258,7 +269,8 @@ func (r *Runner) run(abortCtx context.Context, j Job, tr *trace.Trace, log *slog
 	end := tr.Section("prepare_executor", "Preparing the \""+r.Info.Name+"\" executor")
 	sjob := sdk.Job{
 		ID: j.ID, Name: j.Name, Image: j.Image, Services: j.Services, Timeout: timeout, Shell: shell,
-		Labels: map[string]string{"berth.job": j.ID},
+		Labels:      map[string]string{"berth.job": j.ID},
+		Credentials: j.Credentials, ExecutorVariables: j.ExecutorVariables,
 	}
 	for _, o := range j.Outputs {
 		sjob.DownloadPaths = append(sjob.DownloadPaths, o.Paths...)
@@ -297,6 +309,7 @@ func (r *Runner) run(abortCtx context.Context, j Job, tr *trace.Trace, log *slog
 	vars := append([]script.Variable{
 		{Key: "CI", Value: "true", Raw: true},
 		{Key: "CI_PROJECT_DIR", Value: h.BuildDir, Raw: true},
+		{Key: "CI_BUILDS_DIR", Value: path.Dir(h.BuildDir), Raw: true},
 		{Key: "CI_JOB_NAME", Value: j.Name, Raw: true},
 		{Key: "CI_JOB_STAGE", Value: j.Stage, Raw: true},
 		{Key: "CI_JOB_ID", Value: j.ID, Raw: true},
@@ -490,6 +503,14 @@ func stepNames(steps []sdk.Step) string {
 func (r *Runner) upload(ctx context.Context, h sdk.Handle, in Input, tr *trace.Trace) error {
 	end := tr.Section("upload_"+sectionName(in.Name), "Uploading "+in.Name)
 	defer end()
+	if in.Prepare != nil {
+		log := tr.Stream()
+		err := in.Prepare(ctx, log)
+		log.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", in.Name, err)
+		}
+	}
 	pr, pw := io.Pipe()
 	go func() { pw.CloseWithError(in.Write(ctx, pw)) }()
 	err := r.Executor.Upload(ctx, h, in.Dir, pr)
