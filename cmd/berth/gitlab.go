@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"maps"
 	"os"
@@ -162,8 +164,16 @@ func (b *backends) configure(ctx context.Context, runners []config.Runner) error
 				rollback()
 				return fmt.Errorf("runner %q: no executor %q (have: %s)", r.Name, r.Executor, strings.Join(plugins.Names(b.found), ", "))
 			}
-			sup := plugins.NewSupervisor(p, nil, plugins.StartOptions{Log: b.log})
+			opts := plugins.StartOptions{Log: b.log}
+			if err := pinStart(p, r.PluginSHA256, &opts); err != nil {
+				rollback()
+				return fmt.Errorf("runner %q: %w", r.Name, err)
+			}
+			sup := plugins.NewSupervisor(p, nil, opts)
 			info, err := sup.Info(ctx)
+			if err == nil {
+				err = checkPins(p, info, r.PluginVersion, r.PluginSHA256)
+			}
 			if err != nil {
 				sup.Close()
 				rollback()
@@ -371,3 +381,39 @@ func newProbe(ctx context.Context, p plugins.Plugin, log *slog.Logger) *probe {
 }
 
 func (p *probe) close() { p.sup.Close() }
+
+// pinStart makes the plugin's start check a runner's plugin_sha256 pin
+// when the plugin was not installed through `berth plugins install` (an
+// installed one is checked against its manifest by checkPins).
+func pinStart(p plugins.Plugin, sha256Pin string, opts *plugins.StartOptions) error {
+	if sha256Pin == "" {
+		return nil
+	}
+	if _, err := plugins.Installed(p); errors.Is(err, fs.ErrNotExist) {
+		if p.Builtin {
+			return fmt.Errorf("plugin_sha256 pins executor %q, but it is built into berth, not installed: remove the pin or install the plugin", p.Name)
+		}
+		opts.SHA256 = sha256Pin
+	}
+	return nil
+}
+
+// checkPins refuses a runner whose plugin does not satisfy its
+// plugin_version and plugin_sha256 pins, naming what it found. An
+// installed plugin is judged by its manifest (re-hashed); one put in a
+// plugin folder by hand by the version it reports.
+func checkPins(p plugins.Plugin, info sdk.Info, versionPin, sha256Pin string) error {
+	if versionPin == "" && sha256Pin == "" {
+		return nil
+	}
+	m, err := plugins.Installed(p)
+	switch {
+	case err == nil:
+		return plugins.CheckPins(m, versionPin, sha256Pin)
+	case errors.Is(err, fs.ErrNotExist):
+		// The sha256 pin was checked when the plugin started.
+		return plugins.CheckPins(plugins.Manifest{Name: p.Name, Version: info.Version, Source: p.Path}, versionPin, "")
+	default:
+		return err
+	}
+}

@@ -62,6 +62,11 @@ type Runner struct {
 	Environment        []string  `toml:"environment"`
 	// OutputLimit is the trace limit in KiB (4096 when zero).
 	OutputLimit         int    `toml:"output_limit"`
+	// PluginVersion and PluginSHA256 pin the executor plugin: a semver
+	// constraint ("~1.2") and the file's sha256. berth refuses to start a
+	// runner whose plugin does not satisfy them.
+	PluginVersion string `toml:"plugin_version"`
+	PluginSHA256  string `toml:"plugin_sha256"`
 	PreGetSourcesScript string `toml:"pre_get_sources_script"`
 	PreBuildScript      string `toml:"pre_build_script"`
 	PostBuildScript     string `toml:"post_build_script"`
@@ -107,7 +112,7 @@ var topKeys = []string{"concurrent", "check_interval", "log_level", "log_format"
 
 var runnerKeys = []string{"name", "url", "id", "token", "token_obtained_at", "token_expires_at", "executor", "shell", "limit",
 	"request_concurrency", "builds_dir", "cache_dir", "environment", "output_limit", "pre_get_sources_script",
-	"pre_build_script", "post_build_script"}
+	"pre_build_script", "post_build_script", "plugin_version", "plugin_sha256"}
 
 // executorTables are the executor tables gitlab-runner knows; one that is
 // not the runner's executor is ignored with a warning.
@@ -301,6 +306,8 @@ func runnerTable(r Runner) map[string]any {
 	set("pre_get_sources_script", r.PreGetSourcesScript, r.PreGetSourcesScript == "")
 	set("pre_build_script", r.PreBuildScript, r.PreBuildScript == "")
 	set("post_build_script", r.PostBuildScript, r.PostBuildScript == "")
+	set("plugin_version", r.PluginVersion, r.PluginVersion == "")
+	set("plugin_sha256", r.PluginSHA256, r.PluginSHA256 == "")
 	settings := map[string]any{}
 	for k, v := range r.ExecutorSettings {
 		settings[k] = v

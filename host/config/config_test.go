@@ -2,12 +2,10 @@ package config
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -177,36 +175,67 @@ func TestWatchAppliesValidChangesOnly(t *testing.T) {
 		}
 	}
 	write("concurrent = 1\n")
-	var mu sync.Mutex
-	var got []int
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	reload := make(chan struct{})
+	applied := make(chan int, 10)
+	logged := make(chan string, 10)
 	done := make(chan struct{})
 	go func() {
-		Watch(ctx, path, time.Hour, reload, slog.New(slog.NewTextHandler(io.Discard, nil)), func(c *Config) error {
-			mu.Lock()
-			got = append(got, c.Concurrent)
-			mu.Unlock()
+		Watch(ctx, path, time.Hour, reload, slog.New(messageHandler{logged}), func(c *Config) error {
+			applied <- c.Concurrent
 			return nil
 		})
 		close(done)
 	}()
+	next := func(what string, c <-chan int) int {
+		select {
+		case v := <-c:
+			return v
+		case <-time.After(30 * time.Second):
+			t.Fatalf("gave up waiting for %s", what)
+			return 0
+		}
+	}
 	write("concurrent = 2\n")
 	reload <- struct{}{}
+	if v := next("the first reload", applied); v != 2 {
+		t.Fatalf("applied %d, want 2", v)
+	}
 	write("concurrent = -5\n")
 	reload <- struct{}{}
+	for msg := ""; !strings.Contains(msg, "not valid"); {
+		select {
+		case msg = <-logged:
+		case <-time.After(30 * time.Second):
+			t.Fatal("the invalid config was not reported")
+		}
+	}
 	write("concurrent = 3\n")
 	reload <- struct{}{}
-	reload <- struct{}{} // a forced reload of the same file applies again
+	if v := next("the reload after the invalid one", applied); v != 3 {
+		t.Fatalf("applied %d after the invalid file, want 3 (the invalid one must never be applied)", v)
+	}
 	cancel()
 	<-done
-	mu.Lock()
-	defer mu.Unlock()
-	if len(got) < 2 || got[0] != 2 || got[1] != 3 {
-		t.Errorf("applied %v, want [2 3 ...]", got)
+	if len(applied) != 0 {
+		t.Errorf("more configs applied than reloads: %d left", len(applied))
 	}
 }
+
+// messageHandler sends each log record's message to a channel.
+type messageHandler struct{ c chan<- string }
+
+func (h messageHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h messageHandler) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case h.c <- r.Message:
+	default:
+	}
+	return nil
+}
+func (h messageHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h messageHandler) WithGroup(string) slog.Handler      { return h }
 
 // FuzzParse: any text gives a config or an error, never a panic; a config
 // that parsed is valid and survives Update's rewrite.
