@@ -135,6 +135,9 @@ func (e *Executor) Info(context.Context) (sdk.Info, error) {
 			OneShot:  true,
 			Isolated: true,
 			Shells:   []string{"sh"},
+			// Lambda's own limit; a shorter function timeout (setting
+			// "timeout") is enforced by Prepare.
+			MaxJobTimeout: protocol.MaxTimeout,
 		},
 		Config: sdk.Schema(defaultSettings()),
 	}, nil

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/berthci/berth/sdk"
+	"github.com/berthci/berth/sdk/archive"
 	"github.com/berthci/berth/sshexec"
 )
 
@@ -42,38 +42,20 @@ type jobState struct {
 
 // jobDirName is the name of a job's folder: its owner, then the job.
 func jobDirName(o owner, jobID string) string {
-	return o.String() + "-" + sshexec.JobDirName(jobID)
+	return o.String() + "-" + archive.JobDirName(jobID)
 }
 
 // dialConfig is how to log in to a job's guest.
 func (e *Executor) dialConfig(cfg *config, st jobState) sshexec.Config {
-	keepalive := cfg.KeepaliveInterval
-	if keepalive <= 0 {
-		keepalive = -1
-	}
-	return sshexec.Config{
-		Host: "127.0.0.1", Port: st.Port, User: st.User,
-		Auth: cfg.auth,
-		HostKeys: sshexec.HostKeyPolicy{
-			KnownHostsFile: cfg.KnownHostsFile,
-			Alias:          cfg.alias(),
-			AcceptAny:      cfg.DisableStrictHostKeyChecking,
-		},
-		ConnectTimeout:    30 * time.Second,
-		Retries:           3,
-		RetryDelay:        250 * time.Millisecond,
-		KeepaliveInterval: keepalive,
-		Logger:            e.logger(),
-	}
+	c := cfg.DialConfig("127.0.0.1", st.Port, st.User, cfg.auth)
+	c.HostKeys.Alias = cfg.alias()
+	c.Retries, c.RetryDelay, c.Logger = 3, 250*time.Millisecond, e.logger()
+	return c
 }
 
 // hint adds what to do about a refused host key.
 func hint(err error, cfg *config) error {
-	var hk *sshexec.HostKeyError
-	if errors.As(err, &hk) && hk.Unknown {
-		return fmt.Errorf("%w (every guest of base_image %s is checked under the name %q; or, not recommended, set disable_strict_host_key_checking)", err, cfg.BaseImage, cfg.alias())
-	}
-	return err
+	return sshexec.AdviseOnHostKey(err, fmt.Sprintf("every guest of base_image %s is checked under the name %q", cfg.BaseImage, cfg.alias()))
 }
 
 // Prepare implements sdk.Executor: it makes the job's overlay, starts its
@@ -88,7 +70,7 @@ func (e *Executor) Prepare(ctx context.Context, job sdk.Job) (sdk.Handle, error)
 		return sdk.Handle{}, err
 	}
 	dir := filepath.Join(cfg.OverlayDir, jobDirName(e.owner, job.ID))
-	e.conns.Close(job.ID)
+	e.Conns.Close(job.ID)
 	if err := e.destroy(job.ID, dir, 0, 0); err != nil {
 		return sdk.Handle{}, fmt.Errorf("job %q: replacing its VM: %w", job.ID, err)
 	}
@@ -96,7 +78,7 @@ func (e *Executor) Prepare(ctx context.Context, job sdk.Job) (sdk.Handle, error)
 	if err != nil {
 		// Do not keep a VM that cannot run the job: Cleanup would remove
 		// it too, but it may be long until then.
-		e.conns.Close(job.ID)
+		e.Conns.Close(job.ID)
 		if derr := e.destroy(job.ID, dir, 0, 0); derr != nil {
 			e.logger().Warn("qemu: removing the VM of a failed Prepare", "job", job.ID, "dir", dir, "error", derr)
 		}
@@ -152,7 +134,7 @@ func (e *Executor) prepare(ctx context.Context, cfg *config, job sdk.Job, dir st
 		}
 	}
 	st := jobState{Dir: dir, PID: v.pid, Start: v.start, Port: v.port, User: cfg.SSHUser}
-	c, err := e.conns.Get(bootCtx, job.ID, e.dialConfig(cfg, st))
+	c, err := e.Conns.Get(bootCtx, job.ID, e.dialConfig(cfg, st))
 	if err != nil {
 		if v.exited() {
 			return sdk.Handle{}, fmt.Errorf("the VM ended while berth logged in: %s", v.exitReport())
@@ -160,7 +142,7 @@ func (e *Executor) prepare(ctx context.Context, cfg *config, job sdk.Job, dir st
 		return sdk.Handle{}, fmt.Errorf("VM (QEMU pid %d): %w", v.pid, hint(err, cfg))
 	}
 	booted := time.Since(started)
-	if st.BuildDir, err = c.MakeWorkspace(ctx, path.Join(cfg.BuildsDir, sshexec.JobDirName(job.ID))); err != nil {
+	if st.BuildDir, err = c.MakeWorkspace(ctx, path.Join(cfg.BuildsDir, archive.JobDirName(job.ID))); err != nil {
 		return sdk.Handle{}, fmt.Errorf("VM (QEMU pid %d): %w", v.pid, err)
 	}
 	e.logger().Debug("qemu: guest ready", "job", job.ID, "pid", v.pid, "boot", booted.Round(time.Millisecond), "build_dir", st.BuildDir)
@@ -184,7 +166,7 @@ func decodeState(h sdk.Handle) (jobState, error) {
 	}
 	// Cleanup deletes the folder: a damaged handle must not name another.
 	m := jobDirPattern.FindStringSubmatch(filepath.Base(st.Dir))
-	if !filepath.IsAbs(st.Dir) || filepath.Clean(st.Dir) != st.Dir || m == nil || m[2] != sshexec.JobDirName(h.JobID) {
+	if !filepath.IsAbs(st.Dir) || filepath.Clean(st.Dir) != st.Dir || m == nil || m[2] != archive.JobDirName(h.JobID) {
 		return st, fmt.Errorf("the handle of job %q names the folder %q, which is not that job's", h.JobID, st.Dir)
 	}
 	if st.PID <= 1 || st.Port <= 0 || st.Port > 65535 || !path.IsAbs(st.BuildDir) || st.User == "" {
@@ -193,22 +175,20 @@ func decodeState(h sdk.Handle) (jobState, error) {
 	return st, nil
 }
 
-// client returns the job's connection, dialling it again after a crash
-// of the plugin or a lost connection.
-func (e *Executor) client(ctx context.Context, h sdk.Handle) (*sshexec.Client, jobState, error) {
+// locate says where the job of h runs (see sshexec.Jobs).
+func (e *Executor) locate(h sdk.Handle) (sshexec.Job, error) {
 	st, err := decodeState(h)
 	if err != nil {
-		return nil, st, err
+		return sshexec.Job{}, err
 	}
 	cfg, err := e.config()
 	if err != nil {
-		return nil, st, err
+		return sshexec.Job{}, err
 	}
-	c, err := e.conns.Get(ctx, h.JobID, e.dialConfig(cfg, st))
-	if err != nil {
-		return nil, st, e.explain(fmt.Errorf("job %q: %w", h.JobID, hint(err, cfg)), h.JobID, st)
-	}
-	return c, st, nil
+	return sshexec.Job{
+		Dial: e.dialConfig(cfg, st), BuildDir: st.BuildDir,
+		Explain: func(err error) error { return e.explain(hint(err, cfg), h.JobID, st) },
+	}, nil
 }
 
 // explain adds to a failure of a job's connection that its VM is gone,
@@ -226,57 +206,12 @@ func (e *Executor) explain(err error, jobID string, st jobState) error {
 	return err
 }
 
-// Run implements sdk.Executor: the step runs on a session of its own (see
-// sshexec.Client.Run).
-func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk.Output) (int, error) {
-	c, st, err := e.client(ctx, h)
-	if err != nil {
-		return -1, err
-	}
-	code, err := c.Run(ctx, sshexec.Stage{
-		Dir: st.BuildDir, Script: step.Script, Shell: step.Shell, GracePeriod: step.GracePeriod,
-		Stdout: out.Stdout, Stderr: out.Stderr,
-	})
-	if err != nil {
-		err = fmt.Errorf("step %q of job %q: %w", step.Name, h.JobID, err)
-		if ctx.Err() == nil {
-			err = e.explain(err, h.JobID, st)
-		}
-		return code, err
-	}
-	return code, nil
-}
-
-// Upload implements sdk.Executor.
-func (e *Executor) Upload(ctx context.Context, h sdk.Handle, dir string, r io.Reader) error {
-	c, st, err := e.client(ctx, h)
-	if err != nil {
-		return err
-	}
-	if err := c.Upload(ctx, st.BuildDir, dir, r); err != nil {
-		return e.explain(fmt.Errorf("job %q: %w", h.JobID, err), h.JobID, st)
-	}
-	return nil
-}
-
-// Download implements sdk.Executor.
-func (e *Executor) Download(ctx context.Context, h sdk.Handle, paths []string, w io.Writer) error {
-	c, st, err := e.client(ctx, h)
-	if err != nil {
-		return err
-	}
-	if err := c.Download(ctx, st.BuildDir, paths, w); err != nil {
-		return e.explain(fmt.Errorf("job %q: %w", h.JobID, err), h.JobID, st)
-	}
-	return nil
-}
-
 // Cleanup implements sdk.Executor: it closes the job's connection, kills
 // its VM (everything the job ran goes with it) and deletes the job's
 // folder with its overlay. A handle without state (Prepare failed) means
 // the folder Prepare would have made.
 func (e *Executor) Cleanup(ctx context.Context, h sdk.Handle) error {
-	e.conns.Close(h.JobID)
+	e.Conns.Close(h.JobID)
 	cfg, err := e.config()
 	if err != nil {
 		return err

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/berthci/berth/sdk"
+	"github.com/berthci/berth/sshexec/sshdtest"
 )
 
 // Tests with real QEMU processes whose guests never boot (a blank disk, no
@@ -149,7 +150,7 @@ func TestNoVMOutlivesPlugin(t *testing.T) {
 	must(t, err, "encoding the settings")
 	plugin := exec.Command(os.Args[0], "-test.run=^$")
 	plugin.Env = append(os.Environ(), pluginEnv+"="+string(settings))
-	out := &watch{seen: make(chan struct{})}
+	out := sshdtest.NewWatch("")
 	plugin.Stdout, plugin.Stderr = out, out
 	must(t, plugin.Start(), "starting the stand-in plugin")
 	exited := make(chan struct{})

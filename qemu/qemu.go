@@ -67,33 +67,25 @@ type settings struct {
 	QEMUPath       string   `mapstructure:"qemu_path" help:"the qemu-system-x86_64 program (a name is looked up on PATH)"`
 	QEMUImgPath    string   `mapstructure:"qemu_img_path" help:"the qemu-img program (a name is looked up on PATH)"`
 
-	SSHUser                      string `mapstructure:"ssh_user" required:"true" help:"the guest account to log in as"`
-	SSHPassword                  string `mapstructure:"ssh_password" secret:"true" help:"its password (or set identity_file)"`
-	IdentityFile                 string `mapstructure:"identity_file" help:"private key file to log in with (~ is this user's home)"`
-	Passphrase                   string `mapstructure:"passphrase" secret:"true" help:"passphrase of identity_file, when it is encrypted"`
-	SSHPort                      int    `mapstructure:"ssh_port" help:"the guest's SSH port, which a free 127.0.0.1 port is forwarded to"`
-	KnownHostsFile               string `mapstructure:"known_hosts_file" help:"OpenSSH known_hosts file holding the guest's host key under host_key_alias (~ is this user's home)"`
-	HostKeyAlias                 string `mapstructure:"host_key_alias" help:"name the guest's key is looked up under in known_hosts_file (empty: base_image's file name)"`
-	DisableStrictHostKeyChecking bool   `mapstructure:"disable_strict_host_key_checking" help:"accept any guest host key (not recommended)"`
-
-	BuildsDir         string        `mapstructure:"builds_dir" help:"guest directory holding the job's build directory; relative to the login directory unless absolute"`
-	BootTimeout       time.Duration `mapstructure:"boot_timeout" help:"how long to wait for the guest's SSH server after QEMU starts"`
-	KeepaliveInterval time.Duration `mapstructure:"keepalive_interval" help:"interval of SSH keepalive requests; after 3 unanswered the connection is dropped (0: never)"`
+	SSHUser       string `mapstructure:"ssh_user" required:"true" help:"the guest account to log in as"`
+	SSHPassword   string `mapstructure:"ssh_password" secret:"true" help:"its password (or set identity_file)"`
+	SSHPort       int    `mapstructure:"ssh_port" help:"the guest's SSH port, which a free 127.0.0.1 port is forwarded to"`
+	sshexec.Login `mapstructure:",squash"`
+	HostKeyAlias  string        `mapstructure:"host_key_alias" help:"name the guest's key is looked up under in known_hosts_file (empty: base_image's file name)"`
+	BootTimeout   time.Duration `mapstructure:"boot_timeout" help:"how long to wait for the guest's SSH server after QEMU starts"`
 }
 
 func defaultSettings() settings {
 	return settings{
-		Memory:            1 << 30,
-		CPUs:              1,
-		Accel:             "auto",
-		OverlayDir:        filepath.Join(os.TempDir(), "berth-qemu"),
-		QEMUPath:          "qemu-system-x86_64",
-		QEMUImgPath:       "qemu-img",
-		SSHPort:           22,
-		KnownHostsFile:    "~/.ssh/known_hosts",
-		BuildsDir:         "builds",
-		BootTimeout:       5 * time.Minute,
-		KeepaliveInterval: sshexec.DefaultKeepaliveInterval,
+		Memory:      1 << 30,
+		CPUs:        1,
+		Accel:       "auto",
+		OverlayDir:  filepath.Join(os.TempDir(), "berth-qemu"),
+		QEMUPath:    "qemu-system-x86_64",
+		QEMUImgPath: "qemu-img",
+		SSHPort:     22,
+		Login:       sshexec.DefaultLogin(),
+		BootTimeout: 5 * time.Minute,
 	}
 }
 
@@ -116,12 +108,13 @@ func (c *config) alias() string {
 	return filepath.Base(c.BaseImage)
 }
 
-// Executor is the qemu executor. Its methods are safe for concurrent use.
+// Executor is the qemu executor. Its methods are safe for concurrent use;
+// Run, Upload and Download are sshexec.Jobs'.
 type Executor struct {
+	vmJobs
 	log   *slog.Logger
 	owner owner
 	kvm   kvmProbe
-	conns sshexec.JobConns
 
 	mu    sync.Mutex
 	cfg   *config
@@ -129,6 +122,10 @@ type Executor struct {
 	swept map[string]bool // overlay folders whose leftovers were removed
 	tools map[string]bool // programs that answered --version
 }
+
+// vmJobs are the executor's jobs in their VMs, embedded under a name of
+// the package's own.
+type vmJobs = sshexec.Jobs
 
 // Option changes how New sets up the executor.
 type Option func(*Executor)
@@ -153,6 +150,7 @@ func New(opts ...Option) *Executor {
 		swept: map[string]bool{},
 		tools: map[string]bool{},
 	}
+	e.Locate = e.locate
 	for _, o := range opts {
 		o(e)
 	}
@@ -233,7 +231,7 @@ func checkSettings(s settings) (*config, error) {
 		{"base_image", &s.BaseImage}, {"kernel", &s.Kernel}, {"initrd", &s.Initrd},
 		{"overlay_dir", &s.OverlayDir}, {"identity_file", &s.IdentityFile}, {"known_hosts_file", &s.KnownHostsFile},
 	} {
-		if *p.path, err = expandHome(*p.path); err != nil {
+		if *p.path, err = sshexec.ExpandHome(*p.path); err != nil {
 			return nil, fmt.Errorf("setting %q: %w", p.name, err)
 		}
 		if *p.path != "" && !filepath.IsAbs(*p.path) {
@@ -258,8 +256,6 @@ func checkSettings(s settings) (*config, error) {
 		return nil, errors.New("setting \"qemu_img_path\" is empty")
 	case s.SSHPort < 1 || s.SSHPort > 65535:
 		return nil, fmt.Errorf("setting \"ssh_port\" must be a port (1-65535), got %d", s.SSHPort)
-	case strings.TrimRight(s.BuildsDir, "/") == "":
-		return nil, fmt.Errorf("setting \"builds_dir\" must name a directory, got %q", s.BuildsDir)
 	case s.BootTimeout <= 0:
 		return nil, fmt.Errorf("setting \"boot_timeout\" must be positive, got %s", s.BootTimeout)
 	}
@@ -271,36 +267,11 @@ func checkSettings(s settings) (*config, error) {
 			return nil, fmt.Errorf("setting %q: %w", f.name, err)
 		}
 	}
-	cfg := &config{settings: s}
-	if s.IdentityFile != "" {
-		key, err := sshexec.KeyFileAuth(s.IdentityFile, s.Passphrase)
-		if err != nil {
-			return nil, fmt.Errorf("setting \"identity_file\": %w", err)
-		}
-		cfg.auth = append(cfg.auth, key)
-	}
-	if s.SSHPassword != "" {
-		cfg.auth = append(cfg.auth, sshexec.PasswordAuth(s.SSHPassword)...)
-	}
-	if len(cfg.auth) == 0 {
-		return nil, errors.New("set \"ssh_password\" or \"identity_file\" to log in to the guests with")
-	}
-	if s.KnownHostsFile == "" && !s.DisableStrictHostKeyChecking {
-		return nil, errors.New("setting \"known_hosts_file\" is empty and strict host key checking is on; name a known_hosts file holding the guest's key (or set disable_strict_host_key_checking)")
-	}
-	return cfg, nil
-}
-
-// expandHome replaces a leading "~/" by this user's home directory.
-func expandHome(p string) (string, error) {
-	if p != "~" && !strings.HasPrefix(p, "~/") {
-		return p, nil
-	}
-	home, err := os.UserHomeDir()
+	auth, err := s.Login.Check(s.SSHPassword, "ssh_password")
 	if err != nil {
-		return "", fmt.Errorf("expanding ~ in %q: %w", p, err)
+		return nil, err
 	}
-	return filepath.Join(home, strings.TrimPrefix(p, "~")), nil
+	return &config{settings: s, auth: auth}, nil
 }
 
 func (e *Executor) logger() *slog.Logger {

@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/sshexec"
+	"github.com/berthci/berth/sshexec/sshdtest"
 )
 
 // One job end to end in a real VM booted from the test guest: the VM is
@@ -167,7 +167,7 @@ cat made.txt`)
 	})
 
 	t.Run("cancel", func(t *testing.T) {
-		stdout := newWatch("ready\n")
+		stdout := sshdtest.NewWatch("ready\n")
 		stepCtx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		type result struct {
@@ -183,7 +183,7 @@ wait`}, sdk.Output{Stdout: stdout, Stderr: io.Discard})
 			done <- result{code, err}
 		}()
 		select {
-		case <-stdout.seen:
+		case <-stdout.Seen():
 		case r := <-done:
 			t.Fatalf("the step ended before it was ready: %+v, stdout %q", r, stdout)
 		case <-time.After(2 * time.Minute):
@@ -346,31 +346,4 @@ func imageInfo(t testing.TB, image string) qemuImageInfo {
 	var info qemuImageInfo
 	must(t, json.Unmarshal(out, &info), "qemu-img info's JSON")
 	return info
-}
-
-// watch is an io.Writer that notes when a text came.
-type watch struct {
-	mu   sync.Mutex
-	buf  bytes.Buffer
-	want string
-	seen chan struct{}
-}
-
-func newWatch(want string) *watch { return &watch{want: want, seen: make(chan struct{})} }
-
-func (w *watch) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(p)
-	if w.want != "" && strings.Contains(w.buf.String(), w.want) {
-		w.want = ""
-		close(w.seen)
-	}
-	return len(p), nil
-}
-
-func (w *watch) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
 }

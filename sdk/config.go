@@ -83,28 +83,42 @@ func ParseSize(text string) (Size, error) {
 // Schema describes the settings struct cfg for Info.Config. cfg holds the
 // defaults. Each exported field with a `mapstructure:"name"` tag becomes one
 // ConfigField; the tags `help:"…"`, `required:"true"` and `secret:"true"`
-// fill in the rest. Supported field types: string, bool, ints, floats,
-// time.Duration, Size, []string and map[string]string.
+// fill in the rest. An embedded struct tagged `mapstructure:",squash"`
+// contributes its fields in its place, as if they were cfg's own. Supported
+// field types: string, bool, ints, floats, time.Duration, Size, []string and
+// map[string]string.
 func Schema(cfg any) []ConfigField {
-	v := reflect.Indirect(reflect.ValueOf(cfg))
-	t := v.Type()
 	var fields []ConfigField
-	for i := range t.NumField() {
-		f := t.Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("mapstructure"), ",")
-		if name == "" || name == "-" || !f.IsExported() {
-			continue
-		}
+	eachSetting(reflect.Indirect(reflect.ValueOf(cfg)), func(name string, f reflect.StructField, v reflect.Value) {
 		fields = append(fields, ConfigField{
 			Name:        name,
 			Type:        fieldType(f.Type),
-			Default:     defaultText(v.Field(i)),
+			Default:     defaultText(v),
 			Description: f.Tag.Get("help"),
 			Required:    f.Tag.Get("required") == "true",
 			Secret:      f.Tag.Get("secret") == "true",
 		})
-	}
+	})
 	return fields
+}
+
+// eachSetting calls visit for each setting of the settings struct v, in
+// order: its exported fields with a mapstructure name, and those of the
+// embedded structs tagged ",squash" in their place.
+func eachSetting(v reflect.Value, visit func(name string, f reflect.StructField, v reflect.Value)) {
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("mapstructure"), ",")
+		if f.Anonymous && f.Type.Kind() == reflect.Struct && name == "" && slices.Contains(strings.Split(opts, ","), "squash") {
+			eachSetting(v.Field(i), visit)
+			continue
+		}
+		if name == "" || name == "-" || !f.IsExported() {
+			continue
+		}
+		visit(name, f, v.Field(i))
+	}
 }
 
 var (
@@ -187,14 +201,11 @@ func DecodeConfig(settings map[string]any, cfg any) error {
 	}
 	// A table given in settings replaces the default table; mapstructure
 	// would merge them.
-	rv := reflect.Indirect(reflect.ValueOf(cfg))
-	for i := range rv.NumField() {
-		f := rv.Type().Field(i)
-		name, _, _ := strings.Cut(f.Tag.Get("mapstructure"), ",")
-		if _, given := settings[name]; given && f.Type.Kind() == reflect.Map && f.IsExported() {
-			rv.Field(i).SetZero()
+	eachSetting(reflect.Indirect(reflect.ValueOf(cfg)), func(name string, f reflect.StructField, v reflect.Value) {
+		if _, given := settings[name]; given && f.Type.Kind() == reflect.Map {
+			v.SetZero()
 		}
-	}
+	})
 	dec, err := mapstructure.NewDecoder(&mapstructure.DecoderConfig{
 		Result:           cfg,
 		WeaklyTypedInput: true,

@@ -122,3 +122,69 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// Login is a group of settings that several settings structs embed.
+type Login struct {
+	User   string            `mapstructure:"user" required:"true" help:"who"`
+	Secret string            `mapstructure:"secret" secret:"true"`
+	Extra  map[string]string `mapstructure:"extra"`
+}
+
+type embeddingSettings struct {
+	Host  string `mapstructure:"host"`
+	Login `mapstructure:",squash"`
+	Port  int `mapstructure:"port"`
+	// Other is embedded without squash: it is not a group of settings.
+	Other testSettings
+}
+
+func embeddingDefaults() embeddingSettings {
+	return embeddingSettings{Port: 22, Login: Login{User: "me", Extra: map[string]string{"a": "1"}}}
+}
+
+// An embedded struct tagged ",squash" contributes its settings in its
+// place, and they decode like the struct's own.
+func TestSquashedSettings(t *testing.T) {
+	got := Schema(embeddingDefaults())
+	want := []ConfigField{
+		{Name: "host", Type: FieldString},
+		{Name: "user", Type: FieldString, Default: "me", Description: "who", Required: true},
+		{Name: "secret", Type: FieldString, Secret: true},
+		{Name: "extra", Type: FieldMap, Default: "a=1"},
+		{Name: "port", Type: FieldInt, Default: "22"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("Schema =\n%+v\nwant\n%+v", got, want)
+	}
+
+	s := embeddingDefaults()
+	if err := DecodeConfig(map[string]any{"host": "h", "user": "u", "secret": "s", "extra": "b=2", "port": "2222"}, &s); err != nil {
+		t.Fatal(err)
+	}
+	wantS := embeddingSettings{Host: "h", Port: 2222, Login: Login{User: "u", Secret: "s", Extra: map[string]string{"b": "2"}}}
+	if !reflect.DeepEqual(s, wantS) {
+		t.Errorf("decoded\n%+v\nwant\n%+v", s, wantS)
+	}
+
+	for _, tt := range []struct {
+		settings map[string]any
+		wantErr  []string
+	}{
+		{map[string]any{"user": "u", "port": "many"}, []string{`"port"`, "int"}},
+		{map[string]any{"user": "u", "extra": "novalue"}, []string{`"extra"`}},
+		{map[string]any{"user": ""}, []string{`"user"`, "required"}},
+		{map[string]any{"user": "u", "Other": "x"}, []string{`"Other"`, "known settings: host, user, secret, extra, port"}},
+	} {
+		s := embeddingDefaults()
+		err := DecodeConfig(tt.settings, &s)
+		if err == nil {
+			t.Errorf("settings %v: no error; want one saying %v", tt.settings, tt.wantErr)
+			continue
+		}
+		for _, w := range tt.wantErr {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("settings %v: error %q does not say %q", tt.settings, err, w)
+			}
+		}
+	}
+}

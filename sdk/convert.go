@@ -83,6 +83,7 @@ func infoToProto(i Info) *pb.InfoResponse {
 		Capabilities: &pb.Capabilities{
 			Image: c.Image, Services: c.Services, CancelGracefully: c.CancelGracefully, OneShot: c.OneShot,
 			Interactive: c.Interactive, Isolated: c.Isolated, Shells: c.Shells,
+			MaxJobTimeoutMs: c.MaxJobTimeout.Milliseconds(),
 		},
 	}
 	for _, f := range i.Config {
@@ -97,6 +98,7 @@ func infoFromProto(p *pb.InfoResponse) Info {
 		i.Capabilities = Capabilities{
 			Image: c.Image, Services: c.Services, CancelGracefully: c.CancelGracefully, OneShot: c.OneShot,
 			Interactive: c.Interactive, Isolated: c.Isolated, Shells: c.Shells,
+			MaxJobTimeout: time.Duration(c.MaxJobTimeoutMs) * time.Millisecond,
 		}
 	}
 	for _, f := range p.Config {

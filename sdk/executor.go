@@ -151,6 +151,11 @@ type Capabilities struct {
 	Isolated bool
 	// Shells the executor can run scripts with, best first ("bash", "sh").
 	Shells []string
+	// MaxJobTimeout, when not zero, is the longest job the executor can run
+	// (a serverless function's limit). The host gives a job without a
+	// timeout of its own this one when it is shorter than the host's
+	// default; a job asking for more is refused by Prepare.
+	MaxJobTimeout time.Duration
 }
 
 // Handle identifies a prepared job environment. The host stores it

@@ -2,8 +2,6 @@ package shell
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,7 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strings"
 
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/sdk/archive"
@@ -29,30 +26,8 @@ type jobState struct {
 	EnvAllowlist  []string `json:"env_allowlist"`
 }
 
-// dirName turns a job ID into a directory name: letters, digits, '.', '_'
-// and '-' are kept, anything else becomes '_', and a hash of the ID is
-// added when something was changed so that two IDs never share a
-// directory.
-func dirName(jobID string) string {
-	var b strings.Builder
-	for _, r := range jobID {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
-			b.WriteRune(r)
-		default:
-			b.WriteByte('_')
-		}
-	}
-	name := b.String()
-	if name == jobID && len(name) <= 64 && strings.Trim(name, ".") != "" {
-		return name
-	}
-	sum := sha256.Sum256([]byte(jobID))
-	if len(name) > 48 {
-		name = name[:48]
-	}
-	return name + "-" + hex.EncodeToString(sum[:6])
-}
+// dirName is the name of a job's build directory below builds_dir.
+func dirName(jobID string) string { return archive.JobDirName(jobID) }
 
 // Prepare implements sdk.Executor: it makes the job's build directory,
 // <builds_dir>/<job ID>, and its sibling <build dir>.tmp for the files a

@@ -24,18 +24,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"path"
-	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/berthci/berth/sdk"
+	"github.com/berthci/berth/sdk/archive"
 	"github.com/berthci/berth/sshexec"
 )
 
@@ -48,28 +45,21 @@ const stateVersion = 1
 // settings are the executor's settings ([runners.ssh] in config.toml),
 // named as gitlab-runner names them where it has them.
 type settings struct {
-	Host                         string        `mapstructure:"host" required:"true" help:"the machine to run jobs on (name or address)"`
-	Port                         int           `mapstructure:"port" help:"its SSH port"`
-	User                         string        `mapstructure:"user" required:"true" help:"the account to log in as"`
-	Password                     string        `mapstructure:"password" secret:"true" help:"the account's password (or set identity_file)"`
-	IdentityFile                 string        `mapstructure:"identity_file" help:"private key file to log in with (~ is this user's home)"`
-	Passphrase                   string        `mapstructure:"passphrase" secret:"true" help:"passphrase of identity_file, when it is encrypted"`
-	KnownHostsFile               string        `mapstructure:"known_hosts_file" help:"OpenSSH known_hosts file the host's key must be in (~ is this user's home)"`
-	DisableStrictHostKeyChecking bool          `mapstructure:"disable_strict_host_key_checking" help:"accept any host key, also an unknown or changed one (not recommended)"`
-	BuildsDir                    string        `mapstructure:"builds_dir" help:"remote directory holding a build directory per job; relative to (or ~/ for) the login directory unless absolute"`
-	ConnectTimeout               time.Duration `mapstructure:"connect_timeout" help:"bound of one connection attempt (TCP, handshake, login)"`
-	ConnectRetries               int           `mapstructure:"connect_retries" help:"further attempts after a connection attempt fails for a network reason"`
-	KeepaliveInterval            time.Duration `mapstructure:"keepalive_interval" help:"interval of keepalive requests; after 3 unanswered the connection is dropped (0: never)"`
+	Host           string `mapstructure:"host" required:"true" help:"the machine to run jobs on (name or address)"`
+	Port           int    `mapstructure:"port" help:"its SSH port"`
+	User           string `mapstructure:"user" required:"true" help:"the account to log in as"`
+	Password       string `mapstructure:"password" secret:"true" help:"the account's password (or set identity_file)"`
+	sshexec.Login  `mapstructure:",squash"`
+	ConnectTimeout time.Duration `mapstructure:"connect_timeout" help:"bound of one connection attempt (TCP, handshake, login)"`
+	ConnectRetries int           `mapstructure:"connect_retries" help:"further attempts after a connection attempt fails for a network reason"`
 }
 
 func defaultSettings() settings {
 	return settings{
-		Port:              sshexec.DefaultPort,
-		KnownHostsFile:    "~/.ssh/known_hosts",
-		BuildsDir:         "builds",
-		ConnectTimeout:    sshexec.DefaultConnectTimeout,
-		ConnectRetries:    3,
-		KeepaliveInterval: sshexec.DefaultKeepaliveInterval,
+		Port:           sshexec.DefaultPort,
+		Login:          sshexec.DefaultLogin(),
+		ConnectTimeout: sshexec.DefaultConnectTimeout,
+		ConnectRetries: 3,
 	}
 }
 
@@ -80,14 +70,19 @@ type config struct {
 	auth []gossh.AuthMethod
 }
 
-// Executor is the ssh executor. Its methods are safe for concurrent use.
+// Executor is the ssh executor. Its methods are safe for concurrent use;
+// Run, Upload and Download are sshexec.Jobs'.
 type Executor struct {
-	log   *slog.Logger
-	conns sshexec.JobConns
+	sshJobs
+	log *slog.Logger
 
 	mu  sync.Mutex
 	cfg *config // nil until Configure
 }
+
+// sshJobs are the executor's jobs on the host, embedded under a name of
+// the package's own.
+type sshJobs = sshexec.Jobs
 
 // Option changes how New sets up the executor.
 type Option func(*Executor)
@@ -100,6 +95,7 @@ func WithLogger(l *slog.Logger) Option { return func(e *Executor) { e.log = l } 
 // a job.
 func New(opts ...Option) *Executor {
 	e := &Executor{}
+	e.Locate = e.locate
 	for _, o := range opts {
 		o(e)
 	}
@@ -146,46 +142,11 @@ func checkSettings(s settings) (*config, error) {
 	if s.ConnectRetries < 0 {
 		return nil, fmt.Errorf("setting \"connect_retries\" must not be negative, got %d", s.ConnectRetries)
 	}
-	if strings.TrimRight(s.BuildsDir, "/") == "" {
-		return nil, fmt.Errorf("setting \"builds_dir\" must name a directory, got %q", s.BuildsDir)
-	}
-	var err error
-	if s.KnownHostsFile, err = expandHome(s.KnownHostsFile); err != nil {
-		return nil, fmt.Errorf("setting \"known_hosts_file\": %w", err)
-	}
-	if s.IdentityFile, err = expandHome(s.IdentityFile); err != nil {
-		return nil, fmt.Errorf("setting \"identity_file\": %w", err)
-	}
-	cfg := &config{settings: s}
-	if s.IdentityFile != "" {
-		key, err := sshexec.KeyFileAuth(s.IdentityFile, s.Passphrase)
-		if err != nil {
-			return nil, fmt.Errorf("setting \"identity_file\": %w", err)
-		}
-		cfg.auth = append(cfg.auth, key)
-	}
-	if s.Password != "" {
-		cfg.auth = append(cfg.auth, sshexec.PasswordAuth(s.Password)...)
-	}
-	if len(cfg.auth) == 0 {
-		return nil, errors.New("set \"password\" or \"identity_file\" to log in with")
-	}
-	if s.KnownHostsFile == "" && !s.DisableStrictHostKeyChecking {
-		return nil, errors.New("setting \"known_hosts_file\" is empty and strict host key checking is on; name a known_hosts file (or set disable_strict_host_key_checking)")
-	}
-	return cfg, nil
-}
-
-// expandHome replaces a leading "~/" by this user's home directory.
-func expandHome(p string) (string, error) {
-	if p != "~" && !strings.HasPrefix(p, "~/") {
-		return p, nil
-	}
-	home, err := os.UserHomeDir()
+	auth, err := s.Login.Check(s.Password, "password")
 	if err != nil {
-		return "", fmt.Errorf("expanding ~ in %q: %w", p, err)
+		return nil, err
 	}
-	return filepath.Join(home, strings.TrimPrefix(p, "~")), nil
+	return &config{settings: s, auth: auth}, nil
 }
 
 func (e *Executor) logger() *slog.Logger {
@@ -215,26 +176,9 @@ type jobState struct {
 
 // dialConfig is how to reach the host of a job.
 func (e *Executor) dialConfig(cfg *config, st jobState) sshexec.Config {
-	return sshexec.Config{
-		Host: st.Host, Port: st.Port, User: st.User,
-		Auth: cfg.auth,
-		HostKeys: sshexec.HostKeyPolicy{
-			KnownHostsFile: cfg.KnownHostsFile,
-			AcceptAny:      cfg.DisableStrictHostKeyChecking,
-		},
-		ConnectTimeout:    cfg.ConnectTimeout,
-		Retries:           cfg.ConnectRetries,
-		KeepaliveInterval: keepalive(cfg.KeepaliveInterval),
-		Logger:            e.logger(),
-	}
-}
-
-// keepalive turns the setting (0: off) into sshexec's (negative: off).
-func keepalive(d time.Duration) time.Duration {
-	if d <= 0 {
-		return -1
-	}
-	return d
+	c := cfg.DialConfig(st.Host, st.Port, st.User, cfg.auth)
+	c.ConnectTimeout, c.Retries, c.Logger = cfg.ConnectTimeout, cfg.ConnectRetries, e.logger()
+	return c
 }
 
 // Prepare implements sdk.Executor: it connects (the job's one connection)
@@ -253,11 +197,11 @@ func (e *Executor) Prepare(ctx context.Context, job sdk.Job) (sdk.Handle, error)
 		return sdk.Handle{}, err
 	}
 	st := jobState{Host: cfg.Host, Port: cfg.Port, User: cfg.User}
-	c, err := e.conns.Get(ctx, job.ID, e.dialConfig(cfg, st))
+	c, err := e.Conns.Get(ctx, job.ID, e.dialConfig(cfg, st))
 	if err != nil {
 		return sdk.Handle{}, fmt.Errorf("job %q: %w", job.ID, hint(err))
 	}
-	st.BuildDir, err = c.MakeWorkspace(ctx, path.Join(cfg.BuildsDir, sshexec.JobDirName(job.ID)))
+	st.BuildDir, err = c.MakeWorkspace(ctx, path.Join(cfg.BuildsDir, archive.JobDirName(job.ID)))
 	if err != nil {
 		return sdk.Handle{}, fmt.Errorf("job %q: %w", job.ID, err)
 	}
@@ -269,13 +213,7 @@ func (e *Executor) Prepare(ctx context.Context, job sdk.Job) (sdk.Handle, error)
 }
 
 // hint adds what to do about a refused host key.
-func hint(err error) error {
-	var hk *sshexec.HostKeyError
-	if errors.As(err, &hk) && hk.Unknown {
-		return fmt.Errorf("%w (or, not recommended, set disable_strict_host_key_checking)", err)
-	}
-	return err
-}
+func hint(err error) error { return sshexec.AdviseOnHostKey(err, "") }
 
 func decodeState(h sdk.Handle) (jobState, error) {
 	var st jobState
@@ -287,7 +225,7 @@ func decodeState(h sdk.Handle) (jobState, error) {
 	}
 	// Cleanup removes the build directory: a damaged handle must not point
 	// it at anything but a job's directory.
-	if !path.IsAbs(st.BuildDir) || path.Clean(st.BuildDir) != st.BuildDir || path.Base(st.BuildDir) != sshexec.JobDirName(h.JobID) {
+	if !path.IsAbs(st.BuildDir) || path.Clean(st.BuildDir) != st.BuildDir || path.Base(st.BuildDir) != archive.JobDirName(h.JobID) {
 		return st, fmt.Errorf("the handle of job %q names build directory %q, which is not that job's", h.JobID, st.BuildDir)
 	}
 	if st.Host == "" || st.User == "" || st.Port <= 0 {
@@ -296,63 +234,17 @@ func decodeState(h sdk.Handle) (jobState, error) {
 	return st, nil
 }
 
-// client returns the job's connection, dialling it again after a crash
-// of the plugin or a lost connection.
-func (e *Executor) client(ctx context.Context, h sdk.Handle) (*sshexec.Client, jobState, error) {
+// locate says where the job of h runs (see sshexec.Jobs).
+func (e *Executor) locate(h sdk.Handle) (sshexec.Job, error) {
 	st, err := decodeState(h)
 	if err != nil {
-		return nil, st, err
+		return sshexec.Job{}, err
 	}
 	cfg, err := e.config()
 	if err != nil {
-		return nil, st, err
+		return sshexec.Job{}, err
 	}
-	c, err := e.conns.Get(ctx, h.JobID, e.dialConfig(cfg, st))
-	if err != nil {
-		return nil, st, fmt.Errorf("job %q: %w", h.JobID, hint(err))
-	}
-	return c, st, nil
-}
-
-// Run implements sdk.Executor: the step runs on a session of its own (see
-// sshexec.Client.Run).
-func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk.Output) (int, error) {
-	c, st, err := e.client(ctx, h)
-	if err != nil {
-		return -1, err
-	}
-	code, err := c.Run(ctx, sshexec.Stage{
-		Dir: st.BuildDir, Script: step.Script, Shell: step.Shell, GracePeriod: step.GracePeriod,
-		Stdout: out.Stdout, Stderr: out.Stderr,
-	})
-	if err != nil {
-		return code, fmt.Errorf("step %q of job %q: %w", step.Name, h.JobID, err)
-	}
-	return code, nil
-}
-
-// Upload implements sdk.Executor.
-func (e *Executor) Upload(ctx context.Context, h sdk.Handle, dir string, r io.Reader) error {
-	c, st, err := e.client(ctx, h)
-	if err != nil {
-		return err
-	}
-	if err := c.Upload(ctx, st.BuildDir, dir, r); err != nil {
-		return fmt.Errorf("job %q: %w", h.JobID, err)
-	}
-	return nil
-}
-
-// Download implements sdk.Executor.
-func (e *Executor) Download(ctx context.Context, h sdk.Handle, paths []string, w io.Writer) error {
-	c, st, err := e.client(ctx, h)
-	if err != nil {
-		return err
-	}
-	if err := c.Download(ctx, st.BuildDir, paths, w); err != nil {
-		return fmt.Errorf("job %q: %w", h.JobID, err)
-	}
-	return nil
+	return sshexec.Job{Dial: e.dialConfig(cfg, st), BuildDir: st.BuildDir, Explain: hint}, nil
 }
 
 // Cleanup implements sdk.Executor: it kills the job's steps still running
@@ -360,18 +252,18 @@ func (e *Executor) Download(ctx context.Context, h sdk.Handle, paths []string, w
 // the job's connection. A handle without state (Prepare failed) means the
 // directory Prepare would have made with the current settings.
 func (e *Executor) Cleanup(ctx context.Context, h sdk.Handle) error {
-	defer e.conns.Close(h.JobID)
+	defer e.Conns.Close(h.JobID)
 	cfg, err := e.config()
 	if err != nil {
 		return err
 	}
 	var st jobState
 	if len(h.State) == 0 {
-		st = jobState{Host: cfg.Host, Port: cfg.Port, User: cfg.User, BuildDir: path.Join(cfg.BuildsDir, sshexec.JobDirName(h.JobID))}
+		st = jobState{Host: cfg.Host, Port: cfg.Port, User: cfg.User, BuildDir: path.Join(cfg.BuildsDir, archive.JobDirName(h.JobID))}
 	} else if st, err = decodeState(h); err != nil {
 		return err
 	}
-	c, err := e.conns.Get(ctx, h.JobID, e.dialConfig(cfg, st))
+	c, err := e.Conns.Get(ctx, h.JobID, e.dialConfig(cfg, st))
 	if err != nil {
 		return fmt.Errorf("cleaning up job %q: %w", h.JobID, hint(err))
 	}

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/berthci/berth/sdk"
+	"github.com/berthci/berth/sdk/archive"
 	"github.com/berthci/berth/ssh"
 	"github.com/berthci/berth/sshexec"
 	"github.com/berthci/berth/sshexec/sshdtest"
@@ -38,7 +39,7 @@ func runJob(t *testing.T, settings map[string]any, script string) (string, error
 	if err := e.Configure(t.Context(), settings); err != nil {
 		return "", err
 	}
-	h, err := e.Prepare(t.Context(), sdk.Job{ID: "job-" + sshexec.JobDirName(t.Name()), Shell: "sh"})
+	h, err := e.Prepare(t.Context(), sdk.Job{ID: "job-" + archive.JobDirName(t.Name()), Shell: "sh"})
 	if err != nil {
 		return "", err
 	}

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/berthci/berth/sdk/archive"
 	"github.com/berthci/berth/sshexec"
 )
 
@@ -34,7 +35,7 @@ func Example() {
 	}
 	defer c.Close()
 
-	dir, err := c.MakeWorkspace(ctx, "builds/"+sshexec.JobDirName("job 42"))
+	dir, err := c.MakeWorkspace(ctx, "builds/"+archive.JobDirName("job 42"))
 	if err != nil {
 		fmt.Println(err)
 		return

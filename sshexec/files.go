@@ -9,20 +9,9 @@ import (
 	"path"
 	"strings"
 	"time"
-)
 
-// cleanRel cleans a slash-separated path that must stay below the
-// directory it is relative to; "." is the directory itself.
-func cleanRel(name string) (string, error) {
-	if strings.HasPrefix(name, "/") {
-		return "", errors.New("it is an absolute path")
-	}
-	p := path.Clean(name)
-	if p == ".." || strings.HasPrefix(p, "../") {
-		return "", errors.New("it leads outside the directory")
-	}
-	return p, nil
-}
+	"github.com/berthci/berth/sdk/archive"
+)
 
 // uploadScript extracts the tar stream on stdin into $2, a directory
 // relative to $1, after making sure no directory on the way is a symbolic
@@ -63,7 +52,7 @@ func (e *ArchiveError) Error() string {
 // made inside dir before the upload are followed by tar, as they would be
 // by the scripts themselves.
 func (c *Client) Upload(ctx context.Context, root, dir string, r io.Reader) error {
-	rel, err := cleanRel(dir)
+	rel, err := archive.CleanRelative(dir)
 	if err != nil {
 		return fmt.Errorf("upload to %s: directory %q: %w", c, dir, err)
 	}
@@ -149,7 +138,7 @@ func checkUpload(w io.Writer, r io.Reader) error {
 		if hdr.Typeflag == tar.TypeXGlobalHeader {
 			continue
 		}
-		name, err := cleanRel(hdr.Name)
+		name, err := archive.CleanRelative(hdr.Name)
 		if err != nil {
 			return &ArchiveError{Entry: hdr.Name, Reason: err.Error()}
 		}
@@ -172,7 +161,7 @@ func checkUpload(w io.Writer, r io.Reader) error {
 			links[name] = true
 			delete(files, name)
 		case tar.TypeLink:
-			target, err := cleanRel(hdr.Linkname)
+			target, err := archive.CleanRelative(hdr.Linkname)
 			if err != nil || !files[target] || below(target, false) != "" {
 				return &ArchiveError{Entry: hdr.Name, Reason: fmt.Sprintf("it is a hard link to %q, which is not a regular file of the archive", hdr.Linkname)}
 			}
@@ -228,7 +217,7 @@ exec tar -c -f - -- "$@"
 func (c *Client) Download(ctx context.Context, root string, paths []string, w io.Writer) error {
 	args := []string{root}
 	for _, p := range paths {
-		rel, err := cleanRel(p)
+		rel, err := archive.CleanRelative(p)
 		if err != nil {
 			return fmt.Errorf("download from %s: path %q: %w", c, p, err)
 		}
@@ -285,7 +274,7 @@ func copyDownload(w io.Writer, r io.Reader) error {
 		if err != nil {
 			return fmt.Errorf("reading the remote archive: %w", err)
 		}
-		name, err := cleanRel(strings.TrimPrefix(hdr.Name, "./"))
+		name, err := archive.CleanRelative(strings.TrimPrefix(hdr.Name, "./"))
 		if err != nil {
 			return &ArchiveError{Entry: hdr.Name, Reason: err.Error()}
 		}
@@ -302,7 +291,7 @@ func copyDownload(w io.Writer, r io.Reader) error {
 		case tar.TypeSymlink:
 			out.Linkname = hdr.Linkname
 		case tar.TypeLink:
-			target, err := cleanRel(strings.TrimPrefix(hdr.Linkname, "./"))
+			target, err := archive.CleanRelative(strings.TrimPrefix(hdr.Linkname, "./"))
 			if err != nil {
 				return &ArchiveError{Entry: hdr.Name, Reason: "hard link " + err.Error()}
 			}

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/berthci/berth/sshexec"
+	"github.com/berthci/berth/sdk/archive"
 	"github.com/berthci/berth/sshexec/sshdtest"
 )
 
@@ -200,7 +200,7 @@ func TestUploadRefuses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			// The build directory is root, alone in parent; made/link in
 			// it leads to outside, an empty directory.
-			parent, err := c.MakeWorkspace(ctx, "refused/"+sshexec.JobDirName(tt.name))
+			parent, err := c.MakeWorkspace(ctx, "refused/"+archive.JobDirName(tt.name))
 			if err != nil {
 				t.Fatal(err)
 			}

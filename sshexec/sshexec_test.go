@@ -3,8 +3,6 @@ package sshexec_test
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -14,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +19,7 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
+	"github.com/berthci/berth/sdk/archive"
 	"github.com/berthci/berth/sshexec"
 	"github.com/berthci/berth/sshexec/sshdtest"
 )
@@ -47,7 +45,7 @@ func dial(t *testing.T, cfg sshexec.Config) *sshexec.Client {
 
 func workspace(t *testing.T, c *sshexec.Client) string {
 	t.Helper()
-	dir, err := c.MakeWorkspace(t.Context(), "builds/"+sshexec.JobDirName(t.Name()))
+	dir, err := c.MakeWorkspace(t.Context(), "builds/"+archive.JobDirName(t.Name()))
 	if err != nil {
 		t.Fatalf("MakeWorkspace: %v", err)
 	}
@@ -121,7 +119,7 @@ func markerProcesses(marker string) []int {
 	var pids []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || processGone(pid) {
+		if err != nil || sshdtest.ProcessGone(pid) {
 			continue
 		}
 		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
@@ -130,49 +128,6 @@ func markerProcesses(marker string) []int {
 		}
 	}
 	return pids
-}
-
-// processGone says whether pid has ended (a zombie has).
-func processGone(pid int) bool {
-	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-		return true
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
-}
-
-// syncWriter collects output and tells when a line has come.
-type syncWriter struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	line  string
-	ready chan struct{}
-}
-
-func newSyncWriter(line string) *syncWriter {
-	return &syncWriter{line: line, ready: make(chan struct{})}
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(p)
-	if w.line != "" && strings.Contains(w.buf.String(), w.line) {
-		w.line = ""
-		close(w.ready)
-	}
-	return len(p), nil
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
 }
 
 // After a cancel nothing of the stage is left on the remote side: not its
@@ -221,7 +176,7 @@ while :; do sleep 1000; done`,
 		t.Run(tt.name, func(t *testing.T) {
 			marker := hex.EncodeToString([]byte(t.Name()))[:24]
 			script := "export BERTH_TEST_MARKER=" + marker + "\n" + tt.script
-			stdout := newSyncWriter("ready\n")
+			stdout := sshdtest.NewWatch("ready\n")
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			type result struct {
@@ -234,7 +189,7 @@ while :; do sleep 1000; done`,
 				done <- result{code, err}
 			}()
 			select {
-			case <-stdout.ready:
+			case <-stdout.Seen():
 			case r := <-done:
 				t.Fatalf("the stage ended before it was ready: %+v, output %q", r, stdout)
 			case <-time.After(wait):
@@ -289,7 +244,7 @@ func TestRunKillsLeftovers(t *testing.T) {
 	}
 	for _, f := range strings.Fields(stdout.String()) {
 		pid, _ := strconv.Atoi(f)
-		if !processGone(pid) {
+		if !sshdtest.ProcessGone(pid) {
 			t.Errorf("background process %d still runs after the stage", pid)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -305,7 +260,7 @@ func TestRemoveWorkspaceKillsStages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stdout := newSyncWriter("ready\n")
+	stdout := sshdtest.NewWatch("ready\n")
 	done := make(chan error, 1)
 	go func() {
 		_, err := c.Run(context.Background(), sshexec.Stage{Dir: dir, Shell: "sh", Stdout: stdout,
@@ -313,7 +268,7 @@ func TestRemoveWorkspaceKillsStages(t *testing.T) {
 		done <- err
 	}()
 	select {
-	case <-stdout.ready:
+	case <-stdout.Seen():
 	case <-time.After(wait):
 		t.Fatalf("the stage was not ready: %q", stdout)
 	}
@@ -323,7 +278,7 @@ func TestRemoveWorkspaceKillsStages(t *testing.T) {
 	}
 	for _, f := range strings.Fields(strings.TrimPrefix(strings.SplitN(stdout.String(), "\n", 2)[0], "pids ")) {
 		pid, _ := strconv.Atoi(f)
-		if !processGone(pid) {
+		if !sshdtest.ProcessGone(pid) {
 			t.Errorf("process %d of the stage still runs after RemoveWorkspace", pid)
 		}
 	}
@@ -344,7 +299,7 @@ func TestRemoveWorkspaceKillsStages(t *testing.T) {
 
 func TestHostKeys(t *testing.T) {
 	s := sshdtest.Start(t)
-	_, otherKey := newKey(t)
+	_, otherKey := sshdtest.NewKeyPair(t)
 	fp := ssh.FingerprintSHA256(s.HostKey)
 	line := func(names []string, key ssh.PublicKey) string { return knownhosts.Line(names, key) + "\n" }
 	tests := []struct {
@@ -405,7 +360,7 @@ func TestHostKeys(t *testing.T) {
 func TestAuth(t *testing.T) {
 	s := sshdtest.Start(t)
 	encrypted := filepath.Join(t.TempDir(), "encrypted")
-	priv, pub := newKey(t)
+	priv, pub := sshdtest.NewKeyPair(t)
 	block, err := ssh.MarshalPrivateKeyWithPassphrase(priv, "test", []byte("open sesame"))
 	if err != nil {
 		t.Fatal(err)
@@ -415,7 +370,7 @@ func TestAuth(t *testing.T) {
 	}
 	appendFile(t, s.Account.AuthorizedKeysFile, ssh.MarshalAuthorizedKey(pub))
 	stranger := filepath.Join(t.TempDir(), "stranger")
-	strangerKey, _ := newKey(t)
+	strangerKey, _ := sshdtest.NewKeyPair(t)
 	block, _ = ssh.MarshalPrivateKey(strangerKey, "stranger")
 	if err := os.WriteFile(stranger, pem.EncodeToMemory(block), 0o600); err != nil {
 		t.Fatal(err)
@@ -627,31 +582,6 @@ func TestJobConns(t *testing.T) {
 	conns.Close("never")
 }
 
-func TestJobDirName(t *testing.T) {
-	tests := []struct{ id, want string }{
-		{"42", "42"},
-		{"job-1.a_b", "job-1.a_b"},
-		{"a/b", "a_b-"},
-		{"..", "..-"},
-		{"", "-"},
-		{strings.Repeat("x", 65), strings.Repeat("x", 48) + "-"},
-	}
-	seen := map[string]string{}
-	for _, tt := range tests {
-		got := sshexec.JobDirName(tt.id)
-		if !strings.HasPrefix(got, tt.want) || (strings.HasSuffix(tt.want, "-") && len(got) != len(tt.want)+12) || (!strings.HasSuffix(tt.want, "-") && got != tt.want) {
-			t.Errorf("JobDirName(%q) = %q, want %q (followed by 12 hex digits when it ends in -)", tt.id, got, tt.want)
-		}
-		if other, dup := seen[got]; dup {
-			t.Errorf("JobDirName gives %q for both %q and %q", got, other, tt.id)
-		}
-		seen[got] = tt.id
-	}
-	if sshexec.JobDirName("a/b") == sshexec.JobDirName("a_b") {
-		t.Errorf("a/b and a_b share a directory")
-	}
-}
-
 // knownAs is a policy that knows the server's key under alias (for
 // connections through a forwarder on another port).
 func knownAs(t *testing.T, s *sshdtest.Server, alias string) sshexec.HostKeyPolicy {
@@ -661,19 +591,6 @@ func knownAs(t *testing.T, s *sshdtest.Server, alias string) sshexec.HostKeyPoli
 		t.Fatal(err)
 	}
 	return sshexec.HostKeyPolicy{KnownHostsFile: file, Alias: alias}
-}
-
-func newKey(t *testing.T) (ed25519.PrivateKey, ssh.PublicKey) {
-	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sshPub, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return priv, sshPub
 }
 
 func appendFile(t *testing.T, name string, data []byte) {

@@ -2,36 +2,9 @@ package sshexec
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"strings"
 )
-
-// JobDirName turns a job ID into a directory name: letters, digits, '.',
-// '_' and '-' are kept, anything else becomes '_', and a hash of the ID is
-// added when something was changed (or the name is long), so that two IDs
-// never share a directory.
-func JobDirName(jobID string) string {
-	var b strings.Builder
-	for _, r := range jobID {
-		switch {
-		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '_', r == '-':
-			b.WriteRune(r)
-		default:
-			b.WriteByte('_')
-		}
-	}
-	name := b.String()
-	if name == jobID && len(name) <= 64 && strings.Trim(name, ".") != "" {
-		return name
-	}
-	sum := sha256.Sum256([]byte(jobID))
-	if len(name) > 48 {
-		name = name[:48]
-	}
-	return name + "-" + hex.EncodeToString(sum[:6])
-}
 
 // remoteDir turns a directory as settings give it into one for the remote
 // shell: "~/x" is x in the login directory, where relative paths start.

@@ -3,8 +3,6 @@ package virtualbox
 import (
 	"bufio"
 	"bytes"
-	"crypto/ed25519"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"os"
@@ -12,8 +10,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -190,34 +186,6 @@ func (f *fakeVBox) powerOffAll(t *testing.T) {
 	}
 }
 
-// processGone says whether pid has ended (a zombie has).
-func processGone(pid int) bool {
-	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-		return true
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return true
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
-}
-
-// newKeyPair makes an ed25519 key pair.
-func newKeyPair(t *testing.T) (ed25519.PrivateKey, ssh.PublicKey) {
-	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sshPub, err := ssh.NewPublicKey(pub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return priv, sshPub
-}
-
 // guestProcesses lists the running processes of this stand-in's guests:
 // those whose environment holds the mark its guests' sshd sets.
 func (f *fakeVBox) guestProcesses() []int {
@@ -226,7 +194,7 @@ func (f *fakeVBox) guestProcesses() []int {
 	var pids []int
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || processGone(pid) {
+		if err != nil || sshdtest.ProcessGone(pid) {
 			continue
 		}
 		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")

@@ -3,15 +3,14 @@ package virtualbox
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"math"
 	"path"
 	"regexp"
 	"time"
 
 	"github.com/berthci/berth/sdk"
+	"github.com/berthci/berth/sdk/archive"
 	"github.com/berthci/berth/sshexec"
 )
 
@@ -32,40 +31,26 @@ type jobState struct {
 // dialConfig is how to reach a job's guest. While it boots, attempts are
 // retried until ctx ends.
 func (e *Executor) dialConfig(cfg *config, st jobState, booting bool) sshexec.Config {
-	alias := cfg.HostKeyAlias
-	if alias == "" {
-		alias = cfg.BaseName
-	}
-	keepalive := cfg.KeepaliveInterval
-	if keepalive <= 0 {
-		keepalive = -1
-	}
-	c := sshexec.Config{
-		Host: "127.0.0.1", Port: st.Port, User: st.User,
-		Auth: cfg.auth,
-		HostKeys: sshexec.HostKeyPolicy{
-			KnownHostsFile: cfg.KnownHostsFile,
-			Alias:          alias,
-			AcceptAny:      cfg.DisableStrictHostKeyChecking,
-		},
-		ConnectTimeout:    30 * time.Second,
-		Retries:           3,
-		KeepaliveInterval: keepalive,
-		Logger:            e.logger(),
-	}
+	c := cfg.DialConfig("127.0.0.1", st.Port, st.User, cfg.auth)
+	c.HostKeys.Alias = cfg.alias()
+	c.Retries, c.Logger = 3, e.logger()
 	if booting {
 		c.Retries, c.RetryDelay = math.MaxInt32, bootRetryDelay
 	}
 	return c
 }
 
+// alias is the name the guest's host key is looked up under.
+func (c *config) alias() string {
+	if c.HostKeyAlias != "" {
+		return c.HostKeyAlias
+	}
+	return c.BaseName
+}
+
 // hint adds what to do about a refused host key.
 func hint(err error, cfg *config) error {
-	var hk *sshexec.HostKeyError
-	if errors.As(err, &hk) && hk.Unknown {
-		return fmt.Errorf("%w (the guests of base VM %q are all checked under that name; or, not recommended, set disable_strict_host_key_checking)", err, cfg.BaseName)
-	}
-	return err
+	return sshexec.AdviseOnHostKey(err, fmt.Sprintf("the guests of base VM %q are all checked under that name", cfg.BaseName))
 }
 
 // Prepare implements sdk.Executor: it clones the base VM, starts the
@@ -80,7 +65,7 @@ func (e *Executor) Prepare(ctx context.Context, job sdk.Job) (sdk.Handle, error)
 		return sdk.Handle{}, err
 	}
 	st := jobState{VM: vmName(cfg.BaseName, e.owner, job.ID), User: cfg.User}
-	e.conns.Close(job.ID)
+	e.Conns.Close(job.ID)
 	if err := e.removeVM(ctx, cfg, st.VM); err != nil {
 		return sdk.Handle{}, fmt.Errorf("job %q: replacing its VM: %w", job.ID, err)
 	}
@@ -88,7 +73,7 @@ func (e *Executor) Prepare(ctx context.Context, job sdk.Job) (sdk.Handle, error)
 	if err != nil {
 		// Do not keep a VM that cannot run the job; Cleanup would remove it
 		// too, but it may be long until then.
-		e.conns.Close(job.ID)
+		e.Conns.Close(job.ID)
 		if rerr := e.removeVM(context.WithoutCancel(ctx), cfg, st.VM); rerr != nil {
 			e.logger().Warn("virtualbox: removing the VM of a failed Prepare", "job", job.ID, "vm", st.VM, "error", rerr)
 		}
@@ -104,14 +89,14 @@ func (e *Executor) prepare(ctx context.Context, cfg *config, job sdk.Job, st job
 	}
 	bootCtx, cancel := context.WithTimeout(ctx, cfg.BootTimeout)
 	defer cancel()
-	c, err := e.conns.Get(bootCtx, job.ID, e.dialConfig(cfg, st, true))
+	c, err := e.Conns.Get(bootCtx, job.ID, e.dialConfig(cfg, st, true))
 	if err != nil {
 		if bootCtx.Err() != nil && ctx.Err() == nil {
 			return sdk.Handle{}, fmt.Errorf("VM %q: its SSH server did not answer within boot_timeout (%s): %w", st.VM, cfg.BootTimeout, err)
 		}
 		return sdk.Handle{}, fmt.Errorf("VM %q: %w", st.VM, hint(err, cfg))
 	}
-	if st.BuildDir, err = c.MakeWorkspace(ctx, path.Join(cfg.BuildsDir, sshexec.JobDirName(job.ID))); err != nil {
+	if st.BuildDir, err = c.MakeWorkspace(ctx, path.Join(cfg.BuildsDir, archive.JobDirName(job.ID))); err != nil {
 		return sdk.Handle{}, fmt.Errorf("VM %q: %w", st.VM, err)
 	}
 	b, err := json.Marshal(st)
@@ -130,7 +115,7 @@ func decodeState(h sdk.Handle) (jobState, error) {
 		return st, fmt.Errorf("the handle of job %q holds no valid state: %w", h.JobID, err)
 	}
 	// Cleanup deletes the VM: a damaged handle must not name another.
-	jobVM := regexp.MustCompile(`^berth-.+-[0-9]+\.[0-9]+-` + regexp.QuoteMeta(sshexec.JobDirName(h.JobID)) + `$`)
+	jobVM := regexp.MustCompile(`^berth-.+-[0-9]+\.[0-9]+-` + regexp.QuoteMeta(archive.JobDirName(h.JobID)) + `$`)
 	if !validVMName(st.VM) || !jobVM.MatchString(st.VM) {
 		return st, fmt.Errorf("the handle of job %q names VM %q, which is not that job's", h.JobID, st.VM)
 	}
@@ -140,63 +125,21 @@ func decodeState(h sdk.Handle) (jobState, error) {
 	return st, nil
 }
 
-// client returns the job's connection, dialling it again after a crash
-// of the plugin or a lost connection.
-func (e *Executor) client(ctx context.Context, h sdk.Handle) (*sshexec.Client, jobState, error) {
+// locate says where the job of h runs (see sshexec.Jobs).
+func (e *Executor) locate(h sdk.Handle) (sshexec.Job, error) {
 	st, err := decodeState(h)
 	if err != nil {
-		return nil, st, err
+		return sshexec.Job{}, err
 	}
 	cfg, err := e.config()
 	if err != nil {
-		return nil, st, err
+		return sshexec.Job{}, err
 	}
-	c, err := e.conns.Get(ctx, h.JobID, e.dialConfig(cfg, st, false))
-	if err != nil {
-		return nil, st, fmt.Errorf("job %q, VM %q: %w", h.JobID, st.VM, hint(err, cfg))
-	}
-	return c, st, nil
-}
-
-// Run implements sdk.Executor: the step runs on a session of its own (see
-// sshexec.Client.Run).
-func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk.Output) (int, error) {
-	c, st, err := e.client(ctx, h)
-	if err != nil {
-		return -1, err
-	}
-	code, err := c.Run(ctx, sshexec.Stage{
-		Dir: st.BuildDir, Script: step.Script, Shell: step.Shell, GracePeriod: step.GracePeriod,
-		Stdout: out.Stdout, Stderr: out.Stderr,
-	})
-	if err != nil {
-		return code, fmt.Errorf("step %q of job %q (VM %q): %w", step.Name, h.JobID, st.VM, err)
-	}
-	return code, nil
-}
-
-// Upload implements sdk.Executor.
-func (e *Executor) Upload(ctx context.Context, h sdk.Handle, dir string, r io.Reader) error {
-	c, st, err := e.client(ctx, h)
-	if err != nil {
-		return err
-	}
-	if err := c.Upload(ctx, st.BuildDir, dir, r); err != nil {
-		return fmt.Errorf("job %q (VM %q): %w", h.JobID, st.VM, err)
-	}
-	return nil
-}
-
-// Download implements sdk.Executor.
-func (e *Executor) Download(ctx context.Context, h sdk.Handle, paths []string, w io.Writer) error {
-	c, st, err := e.client(ctx, h)
-	if err != nil {
-		return err
-	}
-	if err := c.Download(ctx, st.BuildDir, paths, w); err != nil {
-		return fmt.Errorf("job %q (VM %q): %w", h.JobID, st.VM, err)
-	}
-	return nil
+	return sshexec.Job{
+		Dial: e.dialConfig(cfg, st, false), BuildDir: st.BuildDir,
+		Where:   fmt.Sprintf("VM %q", st.VM),
+		Explain: func(err error) error { return hint(err, cfg) },
+	}, nil
 }
 
 // Cleanup implements sdk.Executor: it closes the job's connection, powers
@@ -204,7 +147,7 @@ func (e *Executor) Download(ctx context.Context, h sdk.Handle, paths []string, w
 // handle without state (Prepare failed) means the VM Prepare would have
 // made.
 func (e *Executor) Cleanup(ctx context.Context, h sdk.Handle) error {
-	e.conns.Close(h.JobID)
+	e.Conns.Close(h.JobID)
 	cfg, err := e.config()
 	if err != nil {
 		return err

@@ -38,6 +38,7 @@ import (
 	gossh "golang.org/x/crypto/ssh"
 
 	"github.com/berthci/berth/sdk"
+	"github.com/berthci/berth/sdk/archive"
 	"github.com/berthci/berth/sshexec"
 )
 
@@ -55,27 +56,19 @@ type settings struct {
 	StartType        string `mapstructure:"start_type" help:"how VMs are started: headless, gui, sdl or separate"`
 	VBoxManagePath   string `mapstructure:"vboxmanage_path" help:"the VBoxManage program (a name is looked up on PATH)"`
 
-	User                         string `mapstructure:"user" required:"true" help:"the guest account to log in as"`
-	Password                     string `mapstructure:"password" secret:"true" help:"its password (or set identity_file)"`
-	IdentityFile                 string `mapstructure:"identity_file" help:"private key file to log in with (~ is this user's home)"`
-	Passphrase                   string `mapstructure:"passphrase" secret:"true" help:"passphrase of identity_file, when it is encrypted"`
-	KnownHostsFile               string `mapstructure:"known_hosts_file" help:"OpenSSH known_hosts file holding the guest's host key under host_key_alias (~ is this user's home)"`
-	HostKeyAlias                 string `mapstructure:"host_key_alias" help:"name the guest's key is looked up under in known_hosts_file (empty: base_name)"`
-	DisableStrictHostKeyChecking bool   `mapstructure:"disable_strict_host_key_checking" help:"accept any guest host key (not recommended)"`
-
-	BuildsDir         string        `mapstructure:"builds_dir" help:"guest directory holding the job's build directory; relative to the login directory unless absolute"`
-	BootTimeout       time.Duration `mapstructure:"boot_timeout" help:"how long to wait for the guest's SSH server after startvm"`
-	KeepaliveInterval time.Duration `mapstructure:"keepalive_interval" help:"interval of SSH keepalive requests; after 3 unanswered the connection is dropped (0: never)"`
+	User          string `mapstructure:"user" required:"true" help:"the guest account to log in as"`
+	Password      string `mapstructure:"password" secret:"true" help:"its password (or set identity_file)"`
+	sshexec.Login `mapstructure:",squash"`
+	HostKeyAlias  string        `mapstructure:"host_key_alias" help:"name the guest's key is looked up under in known_hosts_file (empty: base_name)"`
+	BootTimeout   time.Duration `mapstructure:"boot_timeout" help:"how long to wait for the guest's SSH server after startvm"`
 }
 
 func defaultSettings() settings {
 	return settings{
-		StartType:         "headless",
-		VBoxManagePath:    "VBoxManage",
-		KnownHostsFile:    "~/.ssh/known_hosts",
-		BuildsDir:         "builds",
-		BootTimeout:       5 * time.Minute,
-		KeepaliveInterval: sshexec.DefaultKeepaliveInterval,
+		StartType:      "headless",
+		VBoxManagePath: "VBoxManage",
+		Login:          sshexec.DefaultLogin(),
+		BootTimeout:    5 * time.Minute,
 	}
 }
 
@@ -87,11 +80,11 @@ type config struct {
 }
 
 // Executor is the virtualbox executor. Its methods are safe for
-// concurrent use.
+// concurrent use; Run, Upload and Download are sshexec.Jobs'.
 type Executor struct {
+	vmJobs
 	log   *slog.Logger
 	owner owner
-	conns sshexec.JobConns
 	// cloneMu makes clones one at a time: VirtualBox locks the base VM's
 	// media while it clones them.
 	cloneMu sync.Mutex
@@ -101,6 +94,10 @@ type Executor struct {
 	swept  map[string]bool // base names whose leftovers were removed
 	vboxOK map[string]bool // VBoxManage paths that answered --version
 }
+
+// vmJobs are the executor's jobs in their VMs, embedded under a name of
+// the package's own.
+type vmJobs = sshexec.Jobs
 
 // Option changes how New sets up the executor.
 type Option func(*Executor)
@@ -118,6 +115,7 @@ func WithOwnerPID(pid int) Option { return func(e *Executor) { e.owner = ownerOf
 // prepare a job.
 func New(opts ...Option) *Executor {
 	e := &Executor{owner: ownerOf(os.Getppid()), swept: map[string]bool{}, vboxOK: map[string]bool{}}
+	e.Locate = e.locate
 	for _, o := range opts {
 		o(e)
 	}
@@ -191,55 +189,20 @@ func checkSettings(s settings) (*config, error) {
 	if s.VBoxManagePath == "" {
 		return nil, errors.New("setting \"vboxmanage_path\" is empty")
 	}
-	if strings.TrimRight(s.BuildsDir, "/") == "" {
-		return nil, fmt.Errorf("setting \"builds_dir\" must name a directory, got %q", s.BuildsDir)
-	}
 	if s.BootTimeout <= 0 {
 		return nil, fmt.Errorf("setting \"boot_timeout\" must be positive, got %s", s.BootTimeout)
 	}
-	var err error
-	if s.KnownHostsFile, err = expandHome(s.KnownHostsFile); err != nil {
-		return nil, fmt.Errorf("setting \"known_hosts_file\": %w", err)
+	auth, err := s.Login.Check(s.Password, "password")
+	if err != nil {
+		return nil, err
 	}
-	if s.IdentityFile, err = expandHome(s.IdentityFile); err != nil {
-		return nil, fmt.Errorf("setting \"identity_file\": %w", err)
-	}
-	cfg := &config{settings: s}
-	if s.IdentityFile != "" {
-		key, err := sshexec.KeyFileAuth(s.IdentityFile, s.Passphrase)
-		if err != nil {
-			return nil, fmt.Errorf("setting \"identity_file\": %w", err)
-		}
-		cfg.auth = append(cfg.auth, key)
-	}
-	if s.Password != "" {
-		cfg.auth = append(cfg.auth, sshexec.PasswordAuth(s.Password)...)
-	}
-	if len(cfg.auth) == 0 {
-		return nil, errors.New("set \"password\" or \"identity_file\" to log in to the guests with")
-	}
-	if s.KnownHostsFile == "" && !s.DisableStrictHostKeyChecking {
-		return nil, errors.New("setting \"known_hosts_file\" is empty and strict host key checking is on; name a known_hosts file (or set disable_strict_host_key_checking)")
-	}
-	return cfg, nil
+	return &config{settings: s, auth: auth}, nil
 }
 
 // validVMName says whether name can be a VM name on VBoxManage's command
 // line.
 func validVMName(name string) bool {
 	return name != "" && !strings.HasPrefix(name, "-") && !strings.ContainsAny(name, "\n\r\x00")
-}
-
-// expandHome replaces a leading "~/" by this user's home directory.
-func expandHome(p string) (string, error) {
-	if p != "~" && !strings.HasPrefix(p, "~/") {
-		return p, nil
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return "", fmt.Errorf("expanding ~ in %q: %w", p, err)
-	}
-	return filepath.Join(home, strings.TrimPrefix(p, "~")), nil
 }
 
 func (e *Executor) logger() *slog.Logger {
@@ -260,7 +223,7 @@ func (e *Executor) config() (*config, error) {
 
 // vmName is the name of a job's VM.
 func vmName(base string, o owner, jobID string) string {
-	return "berth-" + base + "-" + o.String() + "-" + sshexec.JobDirName(jobID)
+	return "berth-" + base + "-" + o.String() + "-" + archive.JobDirName(jobID)
 }
 
 // leftoverName matches the VMs of base and captures their owner.

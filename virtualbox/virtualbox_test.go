@@ -19,6 +19,7 @@ import (
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/sdk/sdktest"
 	"github.com/berthci/berth/sshexec"
+	"github.com/berthci/berth/sshexec/sshdtest"
 )
 
 // The conformance suite against the stand-in VBoxManage (see fake_test.go):
@@ -141,7 +142,7 @@ func TestCommandLines(t *testing.T) {
 			if names := f.vmNames(t); !slices.Equal(names, []string{baseVM}) {
 				t.Errorf("VMs after Cleanup: %v, want only the base", names)
 			}
-			if guest == 0 || !processGone(guest) {
+			if guest == 0 || !sshdtest.ProcessGone(guest) {
 				t.Errorf("the guest (sshd, pid %d) still runs after Cleanup", guest)
 			}
 			if left := f.guestProcesses(); len(left) > 0 {
@@ -222,7 +223,7 @@ func TestLeftoversRemovedAtStart(t *testing.T) {
 func TestGuestHostKey(t *testing.T) {
 	t.Parallel()
 	otherKey := func(t *testing.T) ssh.PublicKey {
-		_, pub := newKeyPair(t)
+		_, pub := sshdtest.NewKeyPair(t)
 		return pub
 	}
 	tests := []struct {
@@ -373,8 +374,8 @@ func TestPrepareAgainReplacesTheVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := f.state(t)
-	if len(st.VMs) != 2 || st.VMs[1].UUID == first.UUID || !processGone(first.GuestPid) {
-		t.Errorf("after the second Prepare: VMs %v (first %s), first guest gone: %v; want one new VM", f.vmNames(t), first.UUID, processGone(first.GuestPid))
+	if len(st.VMs) != 2 || st.VMs[1].UUID == first.UUID || !sshdtest.ProcessGone(first.GuestPid) {
+		t.Errorf("after the second Prepare: VMs %v (first %s), first guest gone: %v; want one new VM", f.vmNames(t), first.UUID, sshdtest.ProcessGone(first.GuestPid))
 	}
 	if err := e.Cleanup(ctx, h); err != nil {
 		t.Fatal(err)

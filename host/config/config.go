@@ -61,12 +61,12 @@ type Runner struct {
 	CacheDir           string    `toml:"cache_dir"`
 	Environment        []string  `toml:"environment"`
 	// OutputLimit is the trace limit in KiB (4096 when zero).
-	OutputLimit         int    `toml:"output_limit"`
+	OutputLimit int `toml:"output_limit"`
 	// PluginVersion and PluginSHA256 pin the executor plugin: a semver
 	// constraint ("~1.2") and the file's sha256. berth refuses to start a
 	// runner whose plugin does not satisfy them.
-	PluginVersion string `toml:"plugin_version"`
-	PluginSHA256  string `toml:"plugin_sha256"`
+	PluginVersion       string `toml:"plugin_version"`
+	PluginSHA256        string `toml:"plugin_sha256"`
 	PreGetSourcesScript string `toml:"pre_get_sources_script"`
 	PreBuildScript      string `toml:"pre_build_script"`
 	PostBuildScript     string `toml:"post_build_script"`

@@ -251,6 +251,9 @@ func (r *Runner) run(abortCtx context.Context, j Job, tr *trace.Trace, log *slog
 	timeout := j.Timeout
 	if timeout <= 0 {
 		timeout = DefaultTimeout
+		if max := r.Info.Capabilities.MaxJobTimeout; max > 0 && max < timeout {
+			timeout = max // a job that set no timeout fits the executor's limit
+		}
 	}
 	grace := r.GracePeriod
 	if grace <= 0 {

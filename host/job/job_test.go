@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -382,3 +383,41 @@ func TestOutputsAreCollectedWhenAsked(t *testing.T) {
 }
 
 func sanitizeTestName(s string) string { return strings.ReplaceAll(s, " ", "-") }
+
+// limitedExecutor is the shell executor claiming a maximum job timeout,
+// as serverless executors do.
+type limitedExecutor struct {
+	*shell.Executor
+	max time.Duration
+	mu  sync.Mutex
+	got []time.Duration
+}
+
+func (l *limitedExecutor) Info(ctx context.Context) (sdk.Info, error) {
+	info, err := l.Executor.Info(ctx)
+	info.Capabilities.MaxJobTimeout = l.max
+	return info, err
+}
+
+func (l *limitedExecutor) Prepare(ctx context.Context, j sdk.Job) (sdk.Handle, error) {
+	l.mu.Lock()
+	l.got = append(l.got, j.Timeout)
+	l.mu.Unlock()
+	return l.Executor.Prepare(ctx, j)
+}
+
+func TestJobWithoutTimeoutFitsTheExecutorsLimit(t *testing.T) {
+	le := &limitedExecutor{Executor: shell.New(), max: 15 * time.Minute}
+	cl, info := client(t, le, map[string]any{"builds_dir": t.TempDir()})
+	if info.Capabilities.MaxJobTimeout != 15*time.Minute {
+		t.Fatalf("MaxJobTimeout did not cross the wire: %v", info.Capabilities.MaxJobTimeout)
+	}
+	r := &Runner{Executor: cl, Info: info}
+	var log syncBuffer
+	r.Run(context.Background(), Job{ID: "limit-default", Name: "a", Script: []string{"true"}}, &log)
+	r.Run(context.Background(), Job{ID: "limit-own", Name: "b", Script: []string{"true"}, Timeout: 20 * time.Minute}, &log)
+	want := []time.Duration{15 * time.Minute, 20 * time.Minute} // a job's own timeout is kept (Prepare may refuse it)
+	if !slices.Equal(le.got, want) {
+		t.Errorf("timeouts given to Prepare %v, want %v", le.got, want)
+	}
+}

@@ -22,19 +22,6 @@ import (
 	"syscall"
 )
 
-// cleanRel cleans a slash-separated path that must stay below the
-// directory it is relative to. It returns "." for the directory itself.
-func cleanRel(name string) (string, error) {
-	if strings.HasPrefix(name, "/") {
-		return "", errors.New("it is an absolute path")
-	}
-	p := path.Clean(name)
-	if p == ".." || strings.HasPrefix(p, "../") {
-		return "", errors.New("it leads outside the directory")
-	}
-	return p, nil
-}
-
 // checkParents makes sure no directory on the way to name (below root) is
 // a symbolic link. With create, missing directories are made; otherwise a
 // missing one is reported as fs.ErrNotExist.
@@ -89,7 +76,7 @@ func sortedUnique(paths []string) []string {
 // goes through no symbolic link that exists now. Executors use it for the
 // dir argument of Upload before calling Extract.
 func Join(root, rel string) (string, error) {
-	name, err := cleanRel(filepath.ToSlash(rel))
+	name, err := CleanRelative(filepath.ToSlash(rel))
 	if err != nil {
 		return "", fmt.Errorf("path %q: %w", rel, err)
 	}

@@ -71,7 +71,7 @@ func (x *extractor) entry(hdr *tar.Header, body io.Reader) error {
 	case tar.TypeXGlobalHeader:
 		return nil // PAX global header: metadata only
 	}
-	name, err := cleanRel(hdr.Name)
+	name, err := CleanRelative(hdr.Name)
 	if err != nil {
 		return err
 	}
@@ -141,7 +141,7 @@ func (x *extractor) file(name string, hdr *tar.Header, body io.Reader) error {
 }
 
 func (x *extractor) hardLink(name string, hdr *tar.Header) error {
-	target, err := cleanRel(hdr.Linkname)
+	target, err := CleanRelative(hdr.Linkname)
 	if err != nil {
 		return fmt.Errorf("hard link target %q: %w", hdr.Linkname, err)
 	}

@@ -31,7 +31,7 @@ func Write(ctx context.Context, w io.Writer, root string, paths []string) error 
 	tw := tar.NewWriter(w)
 	wr := writer{ctx: ctx, root: r, tw: tw, seen: map[string]bool{}}
 	for _, p := range sortedUnique(paths) {
-		name, err := cleanRel(filepath.ToSlash(p))
+		name, err := CleanRelative(filepath.ToSlash(p))
 		if err != nil {
 			return fmt.Errorf("path %q: %w", p, err)
 		}

@@ -339,15 +339,10 @@ func FreePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// newKey makes an ed25519 key pair: the private key in OpenSSH's PEM
-// format and the public key.
-func newKey(t testing.TB) ([]byte, ssh.PublicKey) {
+// NewKeyPair makes an ed25519 key pair.
+func NewKeyPair(t testing.TB) (ed25519.PrivateKey, ssh.PublicKey) {
 	t.Helper()
 	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	block, err := ssh.MarshalPrivateKey(priv, "berth sshdtest")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,7 +350,19 @@ func newKey(t testing.TB) ([]byte, ssh.PublicKey) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return pem.EncodeToMemory(block), sshPub
+	return priv, sshPub
+}
+
+// newKey makes an ed25519 key pair: the private key in OpenSSH's PEM
+// format and the public key.
+func newKey(t testing.TB) ([]byte, ssh.PublicKey) {
+	t.Helper()
+	priv, pub := NewKeyPair(t)
+	block, err := ssh.MarshalPrivateKey(priv, "berth sshdtest")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(block), pub
 }
 
 func writeFile(t testing.TB, name string, data []byte, mode os.FileMode) {

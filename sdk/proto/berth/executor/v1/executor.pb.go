@@ -249,8 +249,10 @@ type Capabilities struct {
 	Interactive      bool                   `protobuf:"varint,5,opt,name=interactive,proto3" json:"interactive,omitempty"`
 	Shells           []string               `protobuf:"bytes,6,rep,name=shells,proto3" json:"shells,omitempty"`
 	Isolated         bool                   `protobuf:"varint,7,opt,name=isolated,proto3" json:"isolated,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// max_job_timeout_ms, when set, is the longest job the executor can run.
+	MaxJobTimeoutMs int64 `protobuf:"varint,8,opt,name=max_job_timeout_ms,json=maxJobTimeoutMs,proto3" json:"max_job_timeout_ms,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Capabilities) Reset() {
@@ -330,6 +332,13 @@ func (x *Capabilities) GetIsolated() bool {
 		return x.Isolated
 	}
 	return false
+}
+
+func (x *Capabilities) GetMaxJobTimeoutMs() int64 {
+	if x != nil {
+		return x.MaxJobTimeoutMs
+	}
+	return 0
 }
 
 type ConfigField struct {
@@ -1771,7 +1780,7 @@ const file_berth_executor_v1_executor_proto_rawDesc = "" +
 	"\x10protocol_version\x18\x03 \x01(\x05R\x0fprotocolVersion\x12C\n" +
 	"\fcapabilities\x18\x04 \x01(\v2\x1f.berth.executor.v1.CapabilitiesR\fcapabilities\x126\n" +
 	"\x06config\x18\x05 \x03(\v2\x1e.berth.executor.v1.ConfigFieldR\x06config\x12 \n" +
-	"\vdescription\x18\x06 \x01(\tR\vdescription\"\xde\x01\n" +
+	"\vdescription\x18\x06 \x01(\tR\vdescription\"\x8b\x02\n" +
 	"\fCapabilities\x12\x14\n" +
 	"\x05image\x18\x01 \x01(\bR\x05image\x12\x1a\n" +
 	"\bservices\x18\x02 \x01(\bR\bservices\x12+\n" +
@@ -1779,7 +1788,8 @@ const file_berth_executor_v1_executor_proto_rawDesc = "" +
 	"\bone_shot\x18\x04 \x01(\bR\aoneShot\x12 \n" +
 	"\vinteractive\x18\x05 \x01(\bR\vinteractive\x12\x16\n" +
 	"\x06shells\x18\x06 \x03(\tR\x06shells\x12\x1a\n" +
-	"\bisolated\x18\a \x01(\bR\bisolated\"\xa5\x01\n" +
+	"\bisolated\x18\a \x01(\bR\bisolated\x12+\n" +
+	"\x12max_job_timeout_ms\x18\b \x01(\x03R\x0fmaxJobTimeoutMs\"\xa5\x01\n" +
 	"\vConfigField\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +
