@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"path"
 	"slices"
 	"strings"
@@ -273,7 +274,7 @@ func (r *Runner) run(abortCtx context.Context, j Job, tr *trace.Trace, log *slog
 	sjob := sdk.Job{
 		ID: j.ID, Name: j.Name, Image: j.Image, Services: j.Services, Timeout: timeout, Shell: shell,
 		Labels:      map[string]string{"berth.job": j.ID},
-		Credentials: j.Credentials, ExecutorVariables: j.ExecutorVariables,
+		Credentials: j.Credentials, ExecutorVariables: executorVariables(j),
 	}
 	for _, o := range j.Outputs {
 		sjob.DownloadPaths = append(sjob.DownloadPaths, o.Paths...)
@@ -370,6 +371,22 @@ func (r *Runner) run(abortCtx context.Context, j Job, tr *trace.Trace, log *slog
 		}
 	}
 	return res
+}
+
+// executorVariables are the job's variables meant for the executor itself
+// (registry logins, Kubernetes overrides), added to those the job source
+// set; they reach the script like every variable too.
+func executorVariables(j Job) map[string]string {
+	out := maps.Clone(j.ExecutorVariables)
+	for _, v := range j.Variables {
+		if v.Key == "DOCKER_AUTH_CONFIG" || strings.HasPrefix(v.Key, "KUBERNETES_") {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[v.Key] = v.Value
+		}
+	}
+	return out
 }
 
 // result says how the job ended from how its main step ended.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -419,5 +420,39 @@ func TestJobWithoutTimeoutFitsTheExecutorsLimit(t *testing.T) {
 	want := []time.Duration{15 * time.Minute, 20 * time.Minute} // a job's own timeout is kept (Prepare may refuse it)
 	if !slices.Equal(le.got, want) {
 		t.Errorf("timeouts given to Prepare %v, want %v", le.got, want)
+	}
+}
+
+// recordingExecutor remembers the jobs Prepare got.
+type recordingExecutor struct {
+	*shell.Executor
+	mu   sync.Mutex
+	jobs []sdk.Job
+}
+
+func (r *recordingExecutor) Prepare(ctx context.Context, j sdk.Job) (sdk.Handle, error) {
+	r.mu.Lock()
+	r.jobs = append(r.jobs, j)
+	r.mu.Unlock()
+	return r.Executor.Prepare(ctx, j)
+}
+
+func TestExecutorVariablesReachPrepare(t *testing.T) {
+	re := &recordingExecutor{Executor: shell.New()}
+	cl, info := client(t, re, map[string]any{"builds_dir": t.TempDir()})
+	r := &Runner{Executor: cl, Info: info}
+	var log syncBuffer
+	r.Run(context.Background(), Job{ID: "execvars", Name: "v", Script: []string{"true"},
+		Variables: []script.Variable{
+			{Key: "DOCKER_AUTH_CONFIG", Value: `{"auths":{}}`, Masked: true},
+			{Key: "KUBERNETES_CPU_LIMIT", Value: "2"},
+			{Key: "OTHER", Value: "x"},
+		}}, &log)
+	if len(re.jobs) != 1 {
+		t.Fatalf("Prepare called %d times", len(re.jobs))
+	}
+	want := map[string]string{"DOCKER_AUTH_CONFIG": `{"auths":{}}`, "KUBERNETES_CPU_LIMIT": "2"}
+	if !maps.Equal(re.jobs[0].ExecutorVariables, want) {
+		t.Errorf("ExecutorVariables %v, want %v", re.jobs[0].ExecutorVariables, want)
 	}
 }

@@ -262,14 +262,8 @@ func (b *build) job(ctx context.Context, aj *activeJob) (job.Job, error) {
 			bj.Credentials = append(bj.Credentials, sdk.Credential{Registry: c.URL, Username: c.Username, Password: c.Password})
 		}
 	}
-	for _, v := range b.vars {
-		if v.Key == "DOCKER_AUTH_CONFIG" || strings.HasPrefix(v.Key, "KUBERNETES_") {
-			if bj.ExecutorVariables == nil {
-				bj.ExecutorVariables = map[string]string{}
-			}
-			bj.ExecutorVariables[v.Key] = v.Value
-		}
-	}
+	// DOCKER_AUTH_CONFIG and KUBERNETES_* reach the executor through
+	// job.Runner, which picks them from the job's variables.
 
 	tree := b.sources(project)
 	if tree != nil {
