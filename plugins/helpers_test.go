@@ -1,60 +1,20 @@
 package plugins
 
 import (
-	"context"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/berthci/berth/sdk"
-	"github.com/berthci/berth/shell"
+	"github.com/berthci/berth/internal/testplugin"
 )
 
-// The test binary doubles as an external executor plugin: a small script
-// (its own file, with its own digest) sets these variables and execs the
-// test binary, which then serves the shell executor under that name and
-// version.
-const (
-	envTestName    = "BERTH_TEST_EXECUTOR_NAME"
-	envTestVersion = "BERTH_TEST_EXECUTOR_VERSION"
-)
-
-func init() {
-	if v := os.Getenv(envTestVersion); v != "" {
-		sdk.Serve(renamed{Executor: shell.New(), name: os.Getenv(envTestName), version: v})
-		os.Exit(0)
-	}
-}
-
-// renamed is the shell executor under another name and version.
-type renamed struct {
-	sdk.Executor
-	name, version string
-}
-
-func (r renamed) Info(ctx context.Context) (sdk.Info, error) {
-	i, err := r.Executor.Info(ctx)
-	i.Name, i.Version = r.name, r.version
-	return i, err
-}
+func init() { testplugin.ServeIfAsked() }
 
 // writeTestPlugin writes a plugin file named berth-executor-<name> into
-// dir that serves the shell executor as name at version, and returns its
-// path.
+// dir that serves the shell executor as name at version.
 func writeTestPlugin(t *testing.T, dir, name, version string) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, FilePrefix+name)
-	script := "#!/bin/sh\n" + envTestName + "=" + name + " " + envTestVersion + "=" + version + " exec '" + self + "'\n"
-	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return testplugin.Write(t, dir, name, version)
 }
 
 // listDir returns the names in dir, lock file left out.

@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/hashicorp/go-plugin"
 
+	"github.com/berthci/berth/internal/testplugin"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/shell"
 )
@@ -44,10 +44,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	berthBin = filepath.Join(dir, "berth")
-	build := exec.Command("go", "build", "-o", berthBin, "../cmd/berth")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	berthBin, err = testplugin.BuildBerth(dir, "../cmd/berth")
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "building berth:", err)
 		os.Exit(1)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 
+	"github.com/berthci/berth/internal/testplugin"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/shell"
 )
@@ -36,10 +37,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	berthBin = filepath.Join(dir, "berth")
-	build := exec.Command("go", "build", "-o", berthBin, ".")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	berthBin, err = testplugin.BuildBerth(dir, ".")
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "building berth:", err)
 		os.Exit(1)
 	}

@@ -18,51 +18,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthci/berth/internal/testplugin"
 	"github.com/berthci/berth/plugins/registrytest"
-	"github.com/berthci/berth/sdk"
-	"github.com/berthci/berth/shell"
 )
 
-// The test binary doubles as an external executor plugin: a small script
-// (a file of its own, with its own digest) sets these variables and execs
-// it; it then serves the shell executor under that name and version.
-const (
-	envTestName    = "BERTH_TEST_EXECUTOR_NAME"
-	envTestVersion = "BERTH_TEST_EXECUTOR_VERSION"
-)
-
-func init() {
-	if v := os.Getenv(envTestVersion); v != "" {
-		sdk.Serve(renamed{Executor: shell.New(), name: os.Getenv(envTestName), version: v})
-		os.Exit(0)
-	}
-}
-
-type renamed struct {
-	sdk.Executor
-	name, version string
-}
-
-func (r renamed) Info(ctx context.Context) (sdk.Info, error) {
-	i, err := r.Executor.Info(ctx)
-	i.Name, i.Version = r.name, r.version
-	return i, err
-}
+func init() { testplugin.ServeIfAsked() }
 
 // testPlugin writes berth-executor-<name> into a new folder: the shell
 // executor as name at version. It returns the file's path.
 func testPlugin(t *testing.T, name, version string) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "berth-executor-"+name)
-	script := fmt.Sprintf("#!/bin/sh\n%s=%s %s=%s exec '%s'\n", envTestName, name, envTestVersion, version, self)
-	if err := os.WriteFile(path, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return testplugin.Write(t, t.TempDir(), name, version)
 }
 
 func sha256Of(t *testing.T, path string) string {
