@@ -20,7 +20,7 @@
 # Idempotent and fast when all is there (no apt-get, the guest reused).
 
 berth_qemu_setup() {
-  local pkgs=() policy=/usr/sbin/policy-rc.d made_policy=0 rc=0 guest
+  local pkgs=() guest
   command -v qemu-system-x86_64 >/dev/null 2>&1 || pkgs+=(qemu-system-x86)
   command -v qemu-img >/dev/null 2>&1 || pkgs+=(qemu-utils)
   [ -x /usr/sbin/sshd ] || pkgs+=(openssh-server)
@@ -29,25 +29,7 @@ berth_qemu_setup() {
   dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' || pkgs+=(busybox-static)
   command -v mkfs.ext4 >/dev/null 2>&1 || pkgs+=(e2fsprogs)
   command -v cpio >/dev/null 2>&1 || pkgs+=(cpio)
-  if [ ${#pkgs[@]} -gt 0 ]; then
-    echo "setup-qemu: installing ${pkgs[*]}"
-    if [ ! -e "$policy" ]; then
-      printf '#!/bin/sh\n# berth .ci/setup-qemu.sh: no service starts during the install\nexit 101\n' >"$policy"
-      chmod 755 "$policy"
-      made_policy=1
-    fi
-    apt-get update -qq || rc=$?
-    if [ "$rc" = 0 ]; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || rc=$?
-    fi
-    if [ "$made_policy" = 1 ]; then
-      rm -f "$policy"
-    fi
-    if [ "$rc" != 0 ]; then
-      echo "setup-qemu: installing ${pkgs[*]} failed (exit $rc)" >&2
-      return "$rc"
-    fi
-  fi
+  berth_apt_install setup-qemu "${pkgs[@]}" || return
   if ! guest=$(bash test/qemu/build-guest.sh); then
     echo "setup-qemu: building the test guest failed (bash test/qemu/build-guest.sh)" >&2
     return 1

@@ -11,28 +11,10 @@
 # Idempotent and fast when both are present (no apt-get at all).
 
 berth_ssh_setup() {
-  local pkgs=() policy=/usr/sbin/policy-rc.d made_policy=0 rc=0
+  local pkgs=()
   [ -x /usr/sbin/sshd ] || pkgs+=(openssh-server)
   command -v ssh >/dev/null 2>&1 && command -v ssh-keygen >/dev/null 2>&1 || pkgs+=(openssh-client)
-  if [ ${#pkgs[@]} -gt 0 ]; then
-    echo "setup-ssh: installing ${pkgs[*]}"
-    if [ ! -e "$policy" ]; then
-      printf '#!/bin/sh\n# berth .ci/setup-ssh.sh: no service starts during the install\nexit 101\n' >"$policy"
-      chmod 755 "$policy"
-      made_policy=1
-    fi
-    apt-get update -qq || rc=$?
-    if [ "$rc" = 0 ]; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null || rc=$?
-    fi
-    if [ "$made_policy" = 1 ]; then
-      rm -f "$policy"
-    fi
-    if [ "$rc" != 0 ]; then
-      echo "setup-ssh: installing ${pkgs[*]} failed (exit $rc)" >&2
-      return "$rc"
-    fi
-  fi
+  berth_apt_install setup-ssh "${pkgs[@]}" || return
   # sshd's privilege separation directory; a test makes it too, but the
   # tests may run as a user who cannot.
   mkdir -p /run/sshd
