@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/berthci/berth/docker"
+	"github.com/berthci/berth/kubernetes"
 	"github.com/berthci/berth/lambda"
 	"github.com/berthci/berth/qemu"
 	"github.com/berthci/berth/sdk"
@@ -38,6 +39,7 @@ func builtins() map[string]func() sdk.Executor {
 	return map[string]func() sdk.Executor{
 		"shell":      func() sdk.Executor { return shell.New() },
 		"docker":     func() sdk.Executor { return docker.New() },
+		"kubernetes": func() sdk.Executor { return kubernetes.New() },
 		"lambda":     func() sdk.Executor { return lambda.New() },
 		"qemu":       func() sdk.Executor { return qemu.New() },
 		"ssh":        func() sdk.Executor { return sshexecutor.New() },

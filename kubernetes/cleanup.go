@@ -1,0 +1,107 @@
+package kubernetes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/berthci/berth/sdk"
+)
+
+// goneWait bounds how long a deletion waits for the pod to disappear
+// beyond its grace period.
+const goneWait = 30 * time.Second
+
+// Cleanup implements sdk.Executor: it deletes the job's pod (which also
+// ends any step still running) and waits until it is gone. With a handle
+// holding only the job's ID (after a failed Prepare) it deletes the pods
+// labelled with the job. Cleaning up twice is fine.
+func (e *Executor) Cleanup(ctx context.Context, h sdk.Handle) error {
+	cfg, c, err := e.current()
+	if err != nil {
+		return err
+	}
+	doing := fmt.Sprintf("cleaning up job %q", h.JobID)
+	st, err := decodeState(h)
+	if errors.Is(err, errNoState) {
+		sel := labels.Set{LabelJob: labelValue(h.JobID, 63)}.String()
+		list, err := c.cs.CoreV1().Pods(cfg.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		if err != nil {
+			return fmt.Errorf("%s: listing its pods on %s: %w", doing, c.describe, err)
+		}
+		var errs []error
+		for _, p := range list.Items {
+			if p.Annotations[AnnotationJob] != h.JobID {
+				continue
+			}
+			errs = append(errs, c.deletePod(ctx, jobState{Namespace: p.Namespace, Pod: p.Name, GracePeriod: int64(cfg.CleanupGracePeriod / time.Second)}))
+		}
+		if err := errors.Join(errs...); err != nil {
+			return fmt.Errorf("%s: %w", doing, err)
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := c.deletePod(ctx, st); err != nil {
+		return fmt.Errorf("%s: %w", doing, err)
+	}
+	return nil
+}
+
+// deletePod deletes a pod and waits until it is gone.
+func (c *cluster) deletePod(ctx context.Context, st jobState) error {
+	pods := c.cs.CoreV1().Pods(st.Namespace)
+	grace := st.GracePeriod
+	err := pods.Delete(ctx, st.Pod, metav1.DeleteOptions{GracePeriodSeconds: &grace})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("deleting pod %s/%s on %s: %w", st.Namespace, st.Pod, c.describe, err)
+	}
+	wait := time.Duration(grace)*time.Second + goneWait
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, err := pods.Get(ctx, st.Pod, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("pod %s/%s is still there %s after it was deleted", st.Namespace, st.Pod, wait)
+		case <-tick.C:
+		}
+	}
+}
+
+// deleteExpired deletes the pods of this runner whose expiry annotation is
+// past: pods of jobs whose plugin died without cleaning up.
+func (e *Executor) deleteExpired(ctx context.Context, c *cluster, cfg settings) error {
+	sel := labels.Set{LabelRunner: labelValue(cfg.RunnerName, 63)}.String()
+	list, err := c.cs.CoreV1().Pods(cfg.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil {
+		return fmt.Errorf("listing the pods of runner %q in namespace %s on %s: %w", cfg.RunnerName, cfg.Namespace, c.describe, err)
+	}
+	now := e.now().Unix()
+	var errs []error
+	for _, p := range list.Items {
+		t, err := strconv.ParseInt(p.Annotations[AnnotationExpires], 10, 64)
+		if err != nil || t >= now {
+			continue
+		}
+		e.logger().Info("deleting the pod of a job past its expiry", "pod", p.Namespace+"/"+p.Name, "job", p.Annotations[AnnotationJob])
+		errs = append(errs, c.deletePod(ctx, jobState{Namespace: p.Namespace, Pod: p.Name, GracePeriod: int64(cfg.CleanupGracePeriod / time.Second)}))
+	}
+	return errors.Join(errs...)
+}

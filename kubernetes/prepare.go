@@ -1,0 +1,270 @@
+package kubernetes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/watch"
+
+	"github.com/berthci/berth/sdk"
+	"github.com/berthci/berth/sdk/archive"
+)
+
+// Prepare implements sdk.Executor: it creates the job's pod and waits for
+// its containers to run. A second Prepare of the same job reuses its pod
+// while that still runs, or replaces it. A pod that cannot run (an image
+// that cannot be pulled, no node to schedule it on, a container that
+// cannot start, an eviction) fails Prepare at once with the reason, and
+// is deleted.
+func (e *Executor) Prepare(ctx context.Context, job sdk.Job) (sdk.Handle, error) {
+	cfg, c, err := e.current()
+	if err != nil {
+		return sdk.Handle{}, err
+	}
+	pod, err := podSpec(cfg, job, e.now())
+	if err != nil {
+		return sdk.Handle{}, err
+	}
+	st := jobState{
+		Namespace:   pod.Namespace,
+		Pod:         pod.Name,
+		BuildDir:    path.Join(cfg.BuildsDir, archive.JobDirName(job.ID)),
+		GracePeriod: int64(cfg.CleanupGracePeriod / time.Second),
+	}
+	doing := fmt.Sprintf("preparing job %q: pod %s/%s", job.ID, st.Namespace, st.Pod)
+	pods := c.cs.CoreV1().Pods(st.Namespace)
+	created, err := pods.Create(ctx, pod, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		// A retried Prepare: reuse the pod unless it is on its way out.
+		old, getErr := pods.Get(ctx, pod.Name, metav1.GetOptions{})
+		if getErr == nil && old.Annotations[AnnotationJob] == job.ID && old.DeletionTimestamp == nil && !ended(old) {
+			created, err = old, nil
+		} else {
+			if err := c.deletePod(ctx, st); err != nil {
+				return sdk.Handle{}, fmt.Errorf("%s: replacing the pod an earlier attempt made: %w", doing, err)
+			}
+			created, err = pods.Create(ctx, pod, metav1.CreateOptions{})
+		}
+	}
+	if err != nil {
+		return sdk.Handle{}, fmt.Errorf("%s: creating it on %s: %w", doing, c.describe, err)
+	}
+	if err := c.waitRunning(ctx, created, cfg.PollTimeout); err != nil {
+		delCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), controlTimeout)
+		defer cancel()
+		if derr := c.deletePod(delCtx, st); derr != nil {
+			e.logger().Warn("could not delete the pod of a failed Prepare", "pod", st.Namespace+"/"+st.Pod, "error", derr)
+		}
+		return sdk.Handle{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	return encodeState(job.ID, st)
+}
+
+// waitRunning waits until every container of the pod runs, or the pod
+// shows it never will.
+func (c *cluster) waitRunning(ctx context.Context, pod *corev1.Pod, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	pods := c.cs.CoreV1().Pods(pod.Namespace)
+	last := pod
+	for {
+		ready, err := podStatus(last)
+		if err != nil || ready {
+			return err
+		}
+		w, err := pods.Watch(ctx, metav1.ListOptions{
+			FieldSelector:   fields.OneTermEqualSelector("metadata.name", pod.Name).String(),
+			ResourceVersion: last.ResourceVersion,
+		})
+		if err != nil {
+			return c.waitError(ctx, last, timeout, fmt.Errorf("watching it: %w", err))
+		}
+		for ev := range w.ResultChan() {
+			switch ev.Type {
+			case watch.Deleted:
+				w.Stop()
+				return errors.New("the pod was deleted before its containers ran")
+			case watch.Added, watch.Modified:
+				p, ok := ev.Object.(*corev1.Pod)
+				if !ok {
+					continue
+				}
+				last = p
+				ready, err := podStatus(p)
+				if err != nil || ready {
+					w.Stop()
+					return err
+				}
+			}
+			// A watch.Error (an expired resource version, …): read the
+			// pod again and watch anew.
+			if ev.Type == watch.Error {
+				break
+			}
+		}
+		w.Stop()
+		if ctx.Err() != nil {
+			return c.waitError(ctx, last, timeout, nil)
+		}
+		p, err := pods.Get(ctx, pod.Name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			return errors.New("the pod was deleted before its containers ran")
+		case err != nil:
+			return c.waitError(ctx, last, timeout, fmt.Errorf("reading it back: %w", err))
+		}
+		last = p
+	}
+}
+
+// waitError words the end of a wait that did not see the pod run.
+func (c *cluster) waitError(ctx context.Context, last *corev1.Pod, timeout time.Duration, err error) error {
+	if ctx.Err() != nil && errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
+		return fmt.Errorf("its containers do not run after %s (setting \"poll_timeout\"); last seen: %s", timeout, summary(last))
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("stopped while waiting for it to run: %w", context.Cause(ctx))
+	}
+	return fmt.Errorf("%w (on %s)", err, c.describe)
+}
+
+// fatalWaiting are the reasons of a waiting container that will not run
+// without a change to the job or the cluster.
+var fatalWaiting = map[string]string{
+	"ErrImagePull":               "the image cannot be pulled",
+	"ImagePullBackOff":           "the image cannot be pulled",
+	"ErrImageNeverPull":          "the image is not on the node and the pull policy is never",
+	"InvalidImageName":           "the image name is invalid",
+	"CreateContainerConfigError": "the container's configuration is invalid",
+	"CreateContainerError":       "the container cannot be created",
+	"RunContainerError":          "the container cannot be started",
+	"CrashLoopBackOff":           "the container keeps crashing",
+	"PreStartHookError":          "the container's start hook failed",
+}
+
+// podStatus says whether every container of the pod runs, or why the pod
+// will never run the job.
+func podStatus(p *corev1.Pod) (bool, error) {
+	if p.DeletionTimestamp != nil {
+		return false, errors.New("the pod is being deleted")
+	}
+	if err := podEnded(p); err != nil {
+		return false, err
+	}
+	for _, cond := range p.Status.Conditions {
+		if cond.Type == corev1.PodScheduled && cond.Status == corev1.ConditionFalse && cond.Reason == corev1.PodReasonUnschedulable {
+			return false, fmt.Errorf("the pod cannot be scheduled: %s", cond.Message)
+		}
+	}
+	images := map[string]string{}
+	for _, ct := range p.Spec.Containers {
+		images[ct.Name] = ct.Image
+	}
+	running := 0
+	for _, cs := range p.Status.ContainerStatuses {
+		switch {
+		case cs.State.Waiting != nil:
+			if what, ok := fatalWaiting[cs.State.Waiting.Reason]; ok {
+				return false, fmt.Errorf("%s (image %q): %s: %s: %s", containerRole(cs.Name), images[cs.Name], what, cs.State.Waiting.Reason, cs.State.Waiting.Message)
+			}
+		case cs.State.Terminated != nil:
+			return false, fmt.Errorf("%s (image %q) ended at start: %s", containerRole(cs.Name), images[cs.Name], terminated(cs.State.Terminated))
+		case cs.State.Running != nil:
+			running++
+		}
+	}
+	return running == len(p.Spec.Containers), nil
+}
+
+// podEnded describes a pod that has stopped running (nil if it has not).
+func podEnded(p *corev1.Pod) error {
+	if p.Status.Phase != corev1.PodFailed && p.Status.Phase != corev1.PodSucceeded {
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.Name == buildContainer && cs.State.Terminated != nil {
+				return fmt.Errorf("the build container ended: %s", terminated(cs.State.Terminated))
+			}
+		}
+		return nil
+	}
+	if p.Status.Reason == "Evicted" {
+		return fmt.Errorf("the pod was evicted from node %s: %s", p.Spec.NodeName, p.Status.Message)
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if cs.State.Terminated != nil && cs.State.Terminated.Reason == "OOMKilled" {
+			return fmt.Errorf("%s ran out of memory (OOMKilled): raise its memory limit", containerRole(cs.Name))
+		}
+	}
+	msg := strings.TrimSpace(p.Status.Reason + " " + p.Status.Message)
+	if msg == "" {
+		msg = "no reason given"
+	}
+	return fmt.Errorf("the pod has ended (phase %s): %s", p.Status.Phase, msg)
+}
+
+func ended(p *corev1.Pod) bool { return podEnded(p) != nil }
+
+func terminated(t *corev1.ContainerStateTerminated) string {
+	s := fmt.Sprintf("exit code %d", t.ExitCode)
+	if t.Reason != "" {
+		s += ", " + t.Reason
+	}
+	if t.Message != "" {
+		s += ": " + strings.TrimSpace(t.Message)
+	}
+	return s
+}
+
+func containerRole(name string) string {
+	if name == buildContainer {
+		return "the build container"
+	}
+	return "service container " + name
+}
+
+// summary describes where a pod is, for a timeout.
+func summary(p *corev1.Pod) string {
+	parts := []string{"phase " + string(p.Status.Phase)}
+	for _, cond := range p.Status.Conditions {
+		if cond.Status != corev1.ConditionTrue && cond.Message != "" {
+			parts = append(parts, fmt.Sprintf("%s: %s", cond.Type, cond.Message))
+		}
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if w := cs.State.Waiting; w != nil {
+			parts = append(parts, fmt.Sprintf("%s waiting: %s %s", containerRole(cs.Name), w.Reason, w.Message))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// podGone reads the pod back and describes why it no longer runs steps:
+// deleted, being deleted, evicted, out of memory (nil when it still runs
+// or cannot be read).
+func (c *cluster) podGone(ctx context.Context, st jobState) error {
+	p, err := c.cs.CoreV1().Pods(st.Namespace).Get(ctx, st.Pod, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return fmt.Errorf("the job's pod %s/%s was deleted", st.Namespace, st.Pod)
+	case err != nil:
+		return nil
+	case p.DeletionTimestamp != nil:
+		return fmt.Errorf("the job's pod %s/%s is being deleted", st.Namespace, st.Pod)
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if cs.Name == buildContainer && cs.LastTerminationState.Terminated != nil && cs.LastTerminationState.Terminated.Reason == "OOMKilled" {
+			return errors.New("the build container ran out of memory (OOMKilled): raise its memory limit")
+		}
+	}
+	if err := podEnded(p); err != nil {
+		return fmt.Errorf("the job's pod %s/%s: %w", st.Namespace, st.Pod, err)
+	}
+	return nil
+}

@@ -1,0 +1,167 @@
+package kubernetes
+
+import (
+	"context"
+	"crypto/rand"
+	_ "embed"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/berthci/berth/sdk"
+)
+
+// stepWrapper is the wrapper every step runs under (see step.sh).
+//
+//go:embed step.sh
+var stepWrapper string
+
+const (
+	// killWait bounds how long a step's processes may take to die after
+	// SIGKILL before Run reports a system failure.
+	killWait = 15 * time.Second
+	// controlTimeout bounds each API call made to stop a step or to look
+	// at the pod, which run after the step's context has ended.
+	controlTimeout = 30 * time.Second
+)
+
+// wrapperCommand runs the wrapper in one of its modes; the wrapper's text
+// travels on the command line, so nothing has to be copied into the pod.
+func wrapperCommand(args ...string) []string {
+	return append([]string{"sh", "-c", `BERTH_STEP_SH=$1; shift; eval "$BERTH_STEP_SH"`, "berth-step", stepWrapper}, args...)
+}
+
+type execResult struct {
+	code int
+	err  error
+}
+
+// Run implements sdk.Executor. The step runs with an exec in the build
+// container under the wrapper (step.sh): the script comes on the exec's
+// stdin, stdout and stderr go to out apart, and the exit code is the
+// exec's. Cancelling ctx sends SIGTERM to the step's process group and
+// SIGKILL after step.GracePeriod (each through an exec of the wrapper);
+// Run returns once the step's exec has ended. A step whose pod failed
+// (evicted, deleted, out of memory) is a system failure naming the reason.
+func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk.Output) (int, error) {
+	st, err := decodeState(h)
+	if err != nil {
+		return -1, err
+	}
+	_, c, err := e.current()
+	if err != nil {
+		return -1, err
+	}
+	shell := step.Shell
+	switch shell {
+	case "":
+		shell = "sh"
+	case "sh", "bash":
+	default:
+		return -1, fmt.Errorf("step %q of job %q is written for %q; the kubernetes executor runs sh and bash scripts", step.Name, h.JobID, shell)
+	}
+	doing := fmt.Sprintf("step %q of job %q", step.Name, h.JobID)
+	id := randomID()
+	pidFile := stepsDir + "/" + id + ".pid"
+	cmd := wrapperCommand("run", shell, stepsDir+"/"+id+".sh", pidFile, st.BuildDir)
+
+	// The stream outlives ctx: a cancel stops the step's processes, and
+	// the exit code still comes from the exec.
+	streamCtx, stopStream := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopStream()
+	done := make(chan execResult, 1)
+	go func() {
+		code, err := c.exec(streamCtx, st.Namespace, st.Pod, buildContainer, cmd,
+			execIO{stdin: strings.NewReader(step.Script), stdout: out.Stdout, stderr: out.Stderr})
+		done <- execResult{code, err}
+	}()
+
+	var res execResult
+	stopped := false
+	select {
+	case res = <-done:
+	case <-ctx.Done():
+		stopped = true
+		var stopErr error
+		res, stopErr = e.stop(c, st, pidFile, step.GracePeriod, done, stopStream)
+		if stopErr != nil {
+			return -1, fmt.Errorf("%s: %w", doing, stopErr)
+		}
+	}
+	if res.err != nil || res.code != 0 {
+		// The pod may be why the exec ended: a deleted pod's container
+		// is killed, and its exec reports 137.
+		if perr := e.podFailure(st); perr != nil {
+			return -1, fmt.Errorf("%s: %w", doing, perr)
+		}
+	}
+	switch {
+	case res.err != nil:
+		return -1, fmt.Errorf("%s: the exec in pod %s/%s failed: %w", doing, st.Namespace, st.Pod, res.err)
+	case stopped:
+		return res.code, fmt.Errorf("%s stopped: %w", doing, context.Cause(ctx))
+	}
+	return res.code, nil
+}
+
+// stop sends SIGTERM to the step's group, waits up to grace for the exec
+// to end, then SIGKILLs the group until the exec ends.
+func (e *Executor) stop(c *cluster, st jobState, pidFile string, grace time.Duration, done <-chan execResult, stopStream func()) (execResult, error) {
+	e.signal(c, st, "TERM", pidFile)
+	t := time.NewTimer(grace)
+	select {
+	case r := <-done:
+		t.Stop()
+		return r, nil
+	case <-t.C:
+	}
+	deadline := time.NewTimer(killWait)
+	defer deadline.Stop()
+	for {
+		// Each round reads the pid file again: the step may have been too
+		// young to have written it the first time.
+		e.signal(c, st, "KILL", pidFile)
+		retry := time.NewTimer(time.Second)
+		select {
+		case r := <-done:
+			retry.Stop()
+			return r, nil
+		case <-deadline.C:
+			retry.Stop()
+			stopStream()
+			<-done
+			return execResult{}, fmt.Errorf("its processes still run %s after SIGKILL", killWait)
+		case <-retry.C:
+		}
+	}
+}
+
+// signal sends sig to a step's process group with an exec of the wrapper.
+func (e *Executor) signal(c *cluster, st jobState, sig, pidFile string) {
+	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
+	defer cancel()
+	code, err := c.exec(ctx, st.Namespace, st.Pod, buildContainer, wrapperCommand("signal", sig, pidFile), execIO{stdout: io.Discard, stderr: io.Discard})
+	if err != nil || code != 0 {
+		e.logger().Warn("signalling a step", "pod", st.Namespace+"/"+st.Pod, "signal", sig, "exit_code", code, "error", err)
+	}
+}
+
+// podFailure reads the pod back and describes why it no longer runs steps
+// (nil when it still does, or when it cannot be read).
+func (e *Executor) podFailure(st jobState) error {
+	_, c, err := e.current()
+	if err != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
+	defer cancel()
+	return c.podGone(ctx, st)
+}
+
+func randomID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}

@@ -1,0 +1,240 @@
+package kubernetes
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/berthci/berth/sdk"
+)
+
+// The pull policies, as GitLab names them.
+const (
+	PullAlways       = "always"
+	PullIfNotPresent = "if-not-present"
+	PullNever        = "never"
+)
+
+// settings are the executor's settings ([runners.kubernetes] in config.toml).
+type settings struct {
+	Host                 string            `mapstructure:"host" help:"API server URL; replaces the server of the kubeconfig (empty: the kubeconfig's, or the in-cluster configuration when berth runs in a pod)"`
+	Kubeconfig           string            `mapstructure:"kubeconfig" help:"kubeconfig file; empty: $KUBECONFIG, else ~/.kube/config, else the in-cluster configuration"`
+	Context              string            `mapstructure:"context" help:"kubeconfig context to use; empty: the current context"`
+	Namespace            string            `mapstructure:"namespace" help:"namespace the job pods are created in"`
+	Image                string            `mapstructure:"image" help:"image for jobs that name none"`
+	PullPolicy           string            `mapstructure:"pull_policy" help:"image pull policy: always, if-not-present or never (a job's own pull_policy replaces it)"`
+	ImagePullSecrets     []string          `mapstructure:"image_pull_secrets" help:"names of Secrets of the namespace used to pull images"`
+	ServiceAccount       string            `mapstructure:"service_account" help:"service account of the job pods; empty: the namespace's default"`
+	CPURequest           string            `mapstructure:"cpu_request" help:"CPU request of the build container (Kubernetes quantity: 500m, 1.5)"`
+	CPULimit             string            `mapstructure:"cpu_limit" help:"CPU limit of the build container (Kubernetes quantity: 500m, 2)"`
+	MemoryRequest        sdk.Size          `mapstructure:"memory_request" help:"memory request of the build container (e.g. 256m, 1g); 0: none"`
+	MemoryLimit          sdk.Size          `mapstructure:"memory_limit" help:"memory limit of the build container (e.g. 512m, 2g); 0: none"`
+	ServiceCPURequest    string            `mapstructure:"service_cpu_request" help:"CPU request of each service container (Kubernetes quantity)"`
+	ServiceCPULimit      string            `mapstructure:"service_cpu_limit" help:"CPU limit of each service container (Kubernetes quantity)"`
+	ServiceMemoryRequest sdk.Size          `mapstructure:"service_memory_request" help:"memory request of each service container; 0: none"`
+	ServiceMemoryLimit   sdk.Size          `mapstructure:"service_memory_limit" help:"memory limit of each service container; 0: none"`
+	NodeSelector         map[string]string `mapstructure:"node_selector" help:"node labels a job pod must be scheduled on (key=value,…)"`
+	Tolerations          map[string]string `mapstructure:"tolerations" help:"taints job pods tolerate: KEY or KEY=VALUE mapped to an effect (NoSchedule, PreferNoSchedule, NoExecute; empty: any)"`
+	PodLabels            map[string]string `mapstructure:"pod_labels" help:"extra labels of job pods"`
+	PodAnnotations       map[string]string `mapstructure:"pod_annotations" help:"extra annotations of job pods"`
+	Privileged           bool              `mapstructure:"privileged" help:"run the build and service containers privileged"`
+	PollTimeout          time.Duration     `mapstructure:"poll_timeout" help:"how long a job pod may take to be scheduled and have its containers running"`
+	CleanupGracePeriod   time.Duration     `mapstructure:"cleanup_grace_period" help:"grace period of a job pod when it is deleted; 0: killed at once"`
+	BuildsDir            string            `mapstructure:"builds_dir" help:"where the build volume (an emptyDir) is mounted; a job's build directory is below it"`
+	RunnerName           string            `mapstructure:"runner_name" help:"value of the runner label; at start, pods of this runner past their expiry are deleted"`
+
+	// Parsed forms, filled in by decodeSettings.
+	build, service corev1.ResourceRequirements
+	tolerations    []corev1.Toleration
+}
+
+func defaultSettings() settings {
+	name, err := os.Hostname()
+	if err != nil || name == "" {
+		name = "berth"
+	}
+	return settings{
+		Namespace:   "default",
+		PullPolicy:  PullIfNotPresent,
+		PollTimeout: 3 * time.Minute,
+		BuildsDir:   "/builds",
+		RunnerName:  name,
+	}
+}
+
+// decodeSettings decodes and checks raw settings.
+func decodeSettings(raw map[string]any) (settings, error) {
+	cfg := defaultSettings()
+	if err := sdk.DecodeConfig(raw, &cfg); err != nil {
+		return cfg, err
+	}
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	if msgs := validation.IsDNS1123Label(cfg.Namespace); len(msgs) > 0 {
+		bad("setting \"namespace\": %q is not a namespace name: %s", cfg.Namespace, strings.Join(msgs, "; "))
+	}
+	if cfg.PullPolicy == "" {
+		cfg.PullPolicy = PullIfNotPresent
+	}
+	if _, ok := pullPolicy(cfg.PullPolicy); !ok {
+		bad("setting \"pull_policy\": %q is not a pull policy (always, if-not-present, never)", cfg.PullPolicy)
+	}
+	for _, s := range cfg.ImagePullSecrets {
+		if msgs := validation.IsDNS1123Subdomain(s); len(msgs) > 0 {
+			bad("setting \"image_pull_secrets\": %q is not a Secret name", s)
+		}
+	}
+	if cfg.ServiceAccount != "" {
+		if msgs := validation.IsDNS1123Subdomain(cfg.ServiceAccount); len(msgs) > 0 {
+			bad("setting \"service_account\": %q is not a service account name", cfg.ServiceAccount)
+		}
+	}
+	var err error
+	if cfg.build, err = resources("", cfg.CPURequest, cfg.CPULimit, cfg.MemoryRequest, cfg.MemoryLimit); err != nil {
+		errs = append(errs, err)
+	}
+	if cfg.service, err = resources("service_", cfg.ServiceCPURequest, cfg.ServiceCPULimit, cfg.ServiceMemoryRequest, cfg.ServiceMemoryLimit); err != nil {
+		errs = append(errs, err)
+	}
+	for _, k := range slices.Sorted(mapKeys(cfg.Tolerations)) {
+		t, err := toleration(k, cfg.Tolerations[k])
+		if err != nil {
+			bad("setting \"tolerations\": %w", err)
+			continue
+		}
+		cfg.tolerations = append(cfg.tolerations, t)
+	}
+	for _, m := range []struct {
+		name string
+		kv   map[string]string
+		vals bool
+	}{{"node_selector", cfg.NodeSelector, true}, {"pod_labels", cfg.PodLabels, true}, {"pod_annotations", cfg.PodAnnotations, false}} {
+		for k, v := range m.kv {
+			if msgs := validation.IsQualifiedName(k); len(msgs) > 0 {
+				bad("setting %q: %q is not a valid key: %s", m.name, k, strings.Join(msgs, "; "))
+			}
+			if m.vals {
+				if msgs := validation.IsValidLabelValue(v); len(msgs) > 0 {
+					bad("setting %q: the value %q of %q is not a valid label value: %s", m.name, v, k, strings.Join(msgs, "; "))
+				}
+			}
+		}
+	}
+	if cfg.PollTimeout <= 0 {
+		bad("setting \"poll_timeout\" must be positive, got %s", cfg.PollTimeout)
+	}
+	if cfg.CleanupGracePeriod < 0 {
+		bad("setting \"cleanup_grace_period\" must not be negative, got %s", cfg.CleanupGracePeriod)
+	}
+	if cfg.BuildsDir == "" {
+		cfg.BuildsDir = "/builds"
+	}
+	if !path.IsAbs(cfg.BuildsDir) || path.Clean(cfg.BuildsDir) == "/" {
+		bad("setting \"builds_dir\" must be an absolute path below /, got %q", cfg.BuildsDir)
+	}
+	cfg.BuildsDir = path.Clean(cfg.BuildsDir)
+	if strings.TrimSpace(cfg.RunnerName) == "" {
+		bad("setting \"runner_name\" must not be empty")
+	}
+	return cfg, errors.Join(errs...)
+}
+
+func mapKeys(m map[string]string) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// pullPolicy maps a GitLab pull policy to Kubernetes'.
+func pullPolicy(p string) (corev1.PullPolicy, bool) {
+	switch p {
+	case PullAlways:
+		return corev1.PullAlways, true
+	case PullIfNotPresent:
+		return corev1.PullIfNotPresent, true
+	case PullNever:
+		return corev1.PullNever, true
+	}
+	return "", false
+}
+
+// resources parses the cpu and memory settings with the given name prefix.
+func resources(prefix, cpuReq, cpuLim string, memReq, memLim sdk.Size) (corev1.ResourceRequirements, error) {
+	var r corev1.ResourceRequirements
+	var errs []error
+	set := func(list *corev1.ResourceList, name corev1.ResourceName, q resource.Quantity) {
+		if *list == nil {
+			*list = corev1.ResourceList{}
+		}
+		(*list)[name] = q
+	}
+	for _, c := range []struct {
+		key, text string
+		list      *corev1.ResourceList
+	}{{"cpu_request", cpuReq, &r.Requests}, {"cpu_limit", cpuLim, &r.Limits}} {
+		if strings.TrimSpace(c.text) == "" {
+			continue
+		}
+		q, err := resource.ParseQuantity(strings.TrimSpace(c.text))
+		if err != nil || q.Sign() <= 0 {
+			errs = append(errs, fmt.Errorf("setting %q: %q is not a positive CPU quantity (e.g. 500m, 1.5)", prefix+c.key, c.text))
+			continue
+		}
+		set(c.list, corev1.ResourceCPU, q)
+	}
+	for _, m := range []struct {
+		key  string
+		size sdk.Size
+		list *corev1.ResourceList
+	}{{"memory_request", memReq, &r.Requests}, {"memory_limit", memLim, &r.Limits}} {
+		switch {
+		case m.size < 0:
+			errs = append(errs, fmt.Errorf("setting %q must not be negative", prefix+m.key))
+		case m.size > 0:
+			set(m.list, corev1.ResourceMemory, *resource.NewQuantity(int64(m.size), resource.BinarySI))
+		}
+	}
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		req, okReq := r.Requests[name]
+		lim, okLim := r.Limits[name]
+		if okReq && okLim && req.Cmp(lim) > 0 {
+			errs = append(errs, fmt.Errorf("setting %q (%s) must not be above %q (%s)", prefix+string(name)+"_request", req.String(), prefix+string(name)+"_limit", lim.String()))
+		}
+	}
+	return r, errors.Join(errs...)
+}
+
+// toleration parses one entry of the tolerations setting.
+func toleration(key, effect string) (corev1.Toleration, error) {
+	t := corev1.Toleration{Operator: corev1.TolerationOpExists}
+	k, v, hasValue := strings.Cut(key, "=")
+	t.Key = k
+	if hasValue {
+		t.Operator, t.Value = corev1.TolerationOpEqual, v
+	}
+	if k != "" {
+		if msgs := validation.IsQualifiedName(k); len(msgs) > 0 {
+			return t, fmt.Errorf("%q is not a taint key: %s", k, strings.Join(msgs, "; "))
+		}
+	}
+	switch e := corev1.TaintEffect(effect); e {
+	case "", corev1.TaintEffectNoSchedule, corev1.TaintEffectPreferNoSchedule, corev1.TaintEffectNoExecute:
+		t.Effect = e
+	default:
+		return t, fmt.Errorf("%q: effect %q is not NoSchedule, PreferNoSchedule or NoExecute", key, effect)
+	}
+	return t, nil
+}

@@ -1,0 +1,278 @@
+package kubernetes
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/berthci/berth/sdk"
+)
+
+func TestSettingsDefaults(t *testing.T) {
+	cfg, err := decodeSettings(map[string]any{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Namespace != "default" || cfg.PullPolicy != PullIfNotPresent || cfg.PollTimeout != 3*time.Minute || cfg.BuildsDir != "/builds" || cfg.Privileged {
+		t.Errorf("defaults: %+v", cfg)
+	}
+}
+
+func TestSettingsErrors(t *testing.T) {
+	for _, c := range []struct {
+		raw  map[string]any
+		want string
+	}{
+		{map[string]any{"namespace": "Not_A_Namespace"}, `"namespace"`},
+		{map[string]any{"pull_policy": "sometimes"}, `"pull_policy"`},
+		{map[string]any{"cpu_limit": "lots"}, `"cpu_limit"`},
+		{map[string]any{"service_cpu_request": "-1"}, `"service_cpu_request"`},
+		{map[string]any{"memory_request": "2g", "memory_limit": "1g"}, `"memory_request"`},
+		{map[string]any{"tolerations": map[string]any{"dedicated=ci": "Sometimes"}}, `"tolerations"`},
+		{map[string]any{"node_selector": map[string]any{"disk": "not valid!"}}, `"node_selector"`},
+		{map[string]any{"pod_labels": map[string]any{"bad key!": "x"}}, `"pod_labels"`},
+		{map[string]any{"poll_timeout": "0s"}, `"poll_timeout"`},
+		{map[string]any{"cleanup_grace_period": "-1s"}, `"cleanup_grace_period"`},
+		{map[string]any{"builds_dir": "relative"}, `"builds_dir"`},
+		{map[string]any{"no_such_setting": "x"}, "no_such_setting"},
+		{map[string]any{"privileged": "perhaps"}, "privileged"},
+	} {
+		_, err := decodeSettings(c.raw)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("decodeSettings(%v) = %v; want an error naming %s", c.raw, err, c.want)
+		}
+	}
+}
+
+func TestSettingsParsed(t *testing.T) {
+	cfg, err := decodeSettings(map[string]any{
+		"cpu_request": "250m", "cpu_limit": "1.5", "memory_request": "128m", "memory_limit": "1g",
+		"service_memory_limit": "256m",
+		"tolerations":          map[string]any{"dedicated=ci": "NoSchedule", "spot": ""},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := cfg.build.Limits[corev1.ResourceCPU]; q.Cmp(resource.MustParse("1500m")) != 0 {
+		t.Errorf("cpu limit %s", q.String())
+	}
+	if q := cfg.build.Limits[corev1.ResourceMemory]; q.Value() != 1<<30 {
+		t.Errorf("memory limit %s", q.String())
+	}
+	if q := cfg.service.Limits[corev1.ResourceMemory]; q.Value() != 256<<20 {
+		t.Errorf("service memory limit %s", q.String())
+	}
+	want := []corev1.Toleration{
+		{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "ci", Effect: corev1.TaintEffectNoSchedule},
+		{Key: "spot", Operator: corev1.TolerationOpExists},
+	}
+	if len(cfg.tolerations) != 2 || cfg.tolerations[0] != want[0] || cfg.tolerations[1] != want[1] {
+		t.Errorf("tolerations %+v; want %+v", cfg.tolerations, want)
+	}
+}
+
+func TestSchema(t *testing.T) {
+	info, err := New().Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, f := range info.Config {
+		names[f.Name] = true
+	}
+	for _, n := range []string{"host", "kubeconfig", "context", "namespace", "image", "pull_policy", "image_pull_secrets",
+		"service_account", "cpu_request", "cpu_limit", "memory_request", "memory_limit", "service_cpu_request",
+		"service_cpu_limit", "service_memory_request", "service_memory_limit", "node_selector", "tolerations",
+		"pod_labels", "pod_annotations", "privileged", "poll_timeout", "cleanup_grace_period"} {
+		if !names[n] {
+			t.Errorf("setting %q missing from the schema", n)
+		}
+	}
+}
+
+func TestPodSpec(t *testing.T) {
+	cfg, err := decodeSettings(map[string]any{
+		"namespace": "ci", "runner_name": "runner one", "memory_limit": "512m", "privileged": true,
+		"node_selector": map[string]any{"pool": "ci"}, "pod_labels": map[string]any{"team": "build"},
+		"pod_annotations": map[string]any{"note": "x"}, "image_pull_secrets": []string{"regcred"},
+		"service_account": "builder", "cleanup_grace_period": "5s",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Unix(1_800_000_000, 0)
+	job := sdk.Job{
+		ID:      "Job #42/attempt 1",
+		Image:   sdk.Image{Name: "alpine:3", PullPolicy: []string{PullNever}},
+		Timeout: time.Hour,
+		Labels:  map[string]string{"berth.pipeline": "7", "bad key!": "x"},
+		Services: []sdk.Service{
+			{Image: sdk.Image{Name: "registry.example.com/group/postgres:15"}, Variables: map[string]string{"POSTGRES_PASSWORD": "service-only"}},
+			{Image: sdk.Image{Name: "redis:7", Entrypoint: []string{"redis-server"}}, Aliases: []string{"cache", "Bad_Alias"}, Command: []string{"--port", "6380"}},
+		},
+		ExecutorVariables: map[string]string{"SECRET": "executor-only-value"},
+	}
+	pod, err := podSpec(cfg, job, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msgs := validation.IsDNS1123Label(pod.Name); len(msgs) > 0 {
+		t.Errorf("pod name %q: %v", pod.Name, msgs)
+	}
+	if p2, _ := podSpec(cfg, sdk.Job{ID: "Job #42/attempt 2", Image: job.Image}, now); p2.Name == pod.Name {
+		t.Errorf("two job IDs share pod name %q", pod.Name)
+	}
+	if pod.Namespace != "ci" || pod.Labels[LabelJob] == "" || pod.Labels[LabelRunner] == "" || pod.Labels["team"] != "build" || pod.Labels["berth.pipeline"] != "7" {
+		t.Errorf("labels %v", pod.Labels)
+	}
+	for k, v := range pod.Labels {
+		if len(validation.IsQualifiedName(k)) > 0 || len(validation.IsValidLabelValue(v)) > 0 {
+			t.Errorf("invalid label %q=%q", k, v)
+		}
+	}
+	if pod.Annotations[AnnotationJob] != job.ID || pod.Annotations[AnnotationExpires] != "1800007200" || pod.Annotations["note"] != "x" {
+		t.Errorf("annotations %v", pod.Annotations)
+	}
+	s := pod.Spec
+	if s.RestartPolicy != corev1.RestartPolicyNever || *s.TerminationGracePeriodSeconds != 5 || s.ServiceAccountName != "builder" ||
+		s.NodeSelector["pool"] != "ci" || len(s.ImagePullSecrets) != 1 || s.ImagePullSecrets[0].Name != "regcred" {
+		t.Errorf("pod spec %+v", s)
+	}
+	if len(s.Containers) != 3 {
+		t.Fatalf("%d containers; want build and two services", len(s.Containers))
+	}
+	b := s.Containers[0]
+	if b.Name != buildContainer || b.Image != "alpine:3" || b.ImagePullPolicy != corev1.PullNever || b.SecurityContext == nil || !*b.SecurityContext.Privileged {
+		t.Errorf("build container %+v", b)
+	}
+	if q := b.Resources.Limits[corev1.ResourceMemory]; q.Value() != 512<<20 {
+		t.Errorf("build memory limit %s", q.String())
+	}
+	if len(b.Env) != 0 {
+		t.Errorf("the build container has environment variables: %v", b.Env)
+	}
+	if pg := s.Containers[1]; pg.ImagePullPolicy != corev1.PullIfNotPresent || len(pg.Env) != 1 || pg.Env[0].Value != "service-only" {
+		t.Errorf("service container %+v", pg)
+	}
+	if r := s.Containers[2]; len(r.Command) != 1 || r.Command[0] != "redis-server" || len(r.Args) != 2 {
+		t.Errorf("service command %v args %v", r.Command, r.Args)
+	}
+	if len(s.HostAliases) != 1 || s.HostAliases[0].IP != "127.0.0.1" || strings.Join(s.HostAliases[0].Hostnames, ",") != "registry.example.com-group-postgres,cache" {
+		t.Errorf("host aliases %+v", s.HostAliases)
+	}
+	var vols []string
+	for _, v := range s.Volumes {
+		vols = append(vols, v.Name)
+		if v.EmptyDir == nil {
+			t.Errorf("volume %s is not an emptyDir", v.Name)
+		}
+	}
+	if strings.Join(vols, ",") != "builds,berth" {
+		t.Errorf("volumes %v", vols)
+	}
+	if text := pod.String(); strings.Contains(text, "executor-only-value") {
+		t.Errorf("an executor variable reached the pod spec: %s", text)
+	}
+}
+
+func TestPodSpecNeedsImage(t *testing.T) {
+	cfg, _ := decodeSettings(map[string]any{})
+	if _, err := podSpec(cfg, sdk.Job{ID: "1"}, time.Now()); err == nil || !strings.Contains(err.Error(), `"image"`) {
+		t.Errorf("podSpec without image: %v", err)
+	}
+	cfg.Image = "busybox"
+	if p, err := podSpec(cfg, sdk.Job{ID: "1"}, time.Now()); err != nil || p.Spec.Containers[0].Image != "busybox" {
+		t.Errorf("podSpec with the default image: %v", err)
+	}
+}
+
+func TestPodStatus(t *testing.T) {
+	pod := func(mod func(*corev1.Pod)) *corev1.Pod {
+		p := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: buildContainer, Image: "nope:1"}}}}
+		mod(p)
+		return p
+	}
+	for _, c := range []struct {
+		name  string
+		pod   *corev1.Pod
+		ready bool
+		want  string
+	}{
+		{"pending", pod(func(p *corev1.Pod) {}), false, ""},
+		{"running", pod(func(p *corev1.Pod) {
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: buildContainer, State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}}}}
+		}), true, ""},
+		{"pull", pod(func(p *corev1.Pod) {
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: buildContainer, State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "ErrImagePull", Message: "not found"}}}}
+		}), false, `"nope:1"`},
+		{"unschedulable", pod(func(p *corev1.Pod) {
+			p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodScheduled, Status: corev1.ConditionFalse, Reason: "Unschedulable", Message: "0/1 nodes are available: 1 Insufficient memory."}}
+		}), false, "Insufficient memory"},
+		{"evicted", pod(func(p *corev1.Pod) {
+			p.Status.Phase, p.Status.Reason, p.Status.Message = corev1.PodFailed, "Evicted", "The node was low on resource: memory."
+		}), false, "evicted"},
+		{"oom", pod(func(p *corev1.Pod) {
+			p.Status.Phase = corev1.PodFailed
+			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: buildContainer, State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "OOMKilled", ExitCode: 137}}}}
+		}), false, "OOMKilled"},
+	} {
+		ready, err := podStatus(c.pod)
+		if ready != c.ready || (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%s: podStatus = %v, %v; want %v and an error containing %q", c.name, ready, err, c.ready, c.want)
+		}
+	}
+}
+
+func TestLabelValue(t *testing.T) {
+	for _, s := range []string{"", "ok-1", "UPPER", strings.Repeat("x", 100), "a/b c", "---"} {
+		v := labelValue(s, 63)
+		if msgs := validation.IsDNS1123Label(v); len(msgs) > 0 || len(v) > 63 {
+			t.Errorf("labelValue(%q) = %q: %v", s, v, msgs)
+		}
+	}
+	if labelValue("a/b", 63) == labelValue("a_b", 63) {
+		t.Error("two IDs share a label value")
+	}
+}
+
+func TestUploadRefusesEscapes(t *testing.T) {
+	for _, entries := range [][]string{{"../x"}, {"/abs"}, {"link@/etc", "link/passwd"}} {
+		var buf strings.Builder
+		if err := copyChecked(&buf, strings.NewReader(tarOf(t, entries))); err == nil {
+			t.Errorf("entries %v were let through", entries)
+		}
+	}
+	var buf strings.Builder
+	if err := copyChecked(&buf, strings.NewReader(tarOf(t, []string{"dir/", "dir/file", "link@dir"}))); err != nil {
+		t.Errorf("a harmless archive was refused: %v", err)
+	}
+}
+
+func TestUploadRefusalIsMarked(t *testing.T) {
+	var buf strings.Builder
+	err := copyChecked(&buf, strings.NewReader(tarOf(t, []string{"../x"})))
+	if !errors.Is(err, errUnsafeEntry) || !strings.Contains(err.Error(), `"../x" refused: it leads outside the directory`) {
+		t.Errorf("copyChecked: %v", err)
+	}
+}
+
+func TestConfigureWithoutCluster(t *testing.T) {
+	env := map[string]string{"HOME": t.TempDir()}
+	e := New(WithEnv(func(k string) string { return env[k] }))
+	if err := e.Configure(t.Context(), map[string]any{}); err != nil {
+		t.Fatalf("Configure without any kubeconfig: %v; want the error deferred to Prepare", err)
+	}
+	_, err := e.Prepare(t.Context(), sdk.Job{ID: "1", Image: sdk.Image{Name: "busybox"}})
+	if err == nil || !strings.Contains(err.Error(), "kubeconfig") {
+		t.Errorf("Prepare without a cluster: %v; want an error naming the kubeconfig setting", err)
+	}
+	err = e.Configure(t.Context(), map[string]any{"kubeconfig": "/nonexistent/kubeconfig"})
+	if err == nil || !strings.Contains(err.Error(), `"kubeconfig"`) {
+		t.Errorf("Configure with a missing kubeconfig file: %v", err)
+	}
+}
