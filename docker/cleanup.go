@@ -169,12 +169,15 @@ func (e *Executor) containerError(ctx context.Context, st jobState, doing string
 	if notFound(err) {
 		return fmt.Errorf("%s: the job container is gone (cleaned up already?): %w: %w", doing, sdk.ErrNotFound, err)
 	}
-	if strings.Contains(err.Error(), "is not running") {
+	// Whatever the engine said ("is not running", or a failed exec upgrade
+	// when the container stopped between creating and starting the exec),
+	// a stopped job container is the cause worth naming.
+	{
 		c, cerr := e.engine(st.Host)
 		if cerr == nil {
 			ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), controlTimeout)
 			defer cancel()
-			if res, ierr := c.ContainerInspect(ictx, st.Container, client.ContainerInspectOptions{}); ierr == nil && res.Container.State != nil {
+			if res, ierr := c.ContainerInspect(ictx, st.Container, client.ContainerInspectOptions{}); ierr == nil && res.Container.State != nil && !res.Container.State.Running {
 				s := res.Container.State
 				msg := fmt.Sprintf("%s: the job container (image %q) has stopped, exit code %d", doing, st.Image, s.ExitCode)
 				if s.OOMKilled {
