@@ -3,7 +3,6 @@ package docker
 import (
 	"context"
 	"crypto/rand"
-	_ "embed"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,22 +13,9 @@ import (
 	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/client"
 
+	"github.com/berthci/berth/internal/stepwrap"
 	"github.com/berthci/berth/sdk"
 )
-
-// stepScript is the wrapper every step runs under (see step.sh).
-//
-//go:embed step.sh
-var stepScript string
-
-// stepScriptVar is the variable the wrapper's text comes in: it is not a
-// file in the container, so nothing has to be copied in before a step.
-const stepScriptVar = "BERTH_STEP_SH"
-
-// wrapperCommand runs the wrapper in one of its modes.
-func wrapperCommand(args ...string) []string {
-	return append([]string{"sh", "-c", `eval "$` + stepScriptVar + `"`, "berth-step"}, args...)
-}
 
 const (
 	// berthDir holds the steps' scripts and pid files in the job
@@ -84,8 +70,9 @@ func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk
 	ex, err := c.ExecCreate(ctx, st.Container, client.ExecCreateOptions{
 		AttachStdin: true, AttachStdout: true, AttachStderr: true,
 		WorkingDir: st.BuildDir,
-		Env:        []string{stepScriptVar + "=" + stepScript},
-		Cmd:        wrapperCommand("run", shell, scriptPath, pidPath),
+		// The engine reports a job container's OOM kills itself (see
+		// run's exit handling), so the wrapper gets no OOM hint.
+		Cmd: stepwrap.Command("run", shell, scriptPath, pidPath),
 	})
 	if err != nil {
 		return -1, e.containerError(ctx, st, doing+": creating the exec", err)
@@ -241,7 +228,7 @@ func (r *stepRun) drainEscaped() {
 func (r *stepRun) signal(sig string) {
 	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
 	defer cancel()
-	code, err := runExec(ctx, r.c, r.st.Container, wrapperCommand("signal", sig, r.pidPath), "0", io.Discard)
+	code, err := runExec(ctx, r.c, r.st.Container, stepwrap.Command("signal", sig, r.pidPath), "0", io.Discard)
 	if err != nil || code != 0 {
 		r.e.logger().Warn("signalling a step", "job", r.jobID, "step", r.name, "signal", sig, "exit_code", code, "error", err)
 	}
@@ -284,7 +271,6 @@ func (r *stepRun) exitCode() (int, error) {
 func runExec(ctx context.Context, c *client.Client, containerID string, cmd []string, user string, w io.Writer) (int, error) {
 	ex, err := c.ExecCreate(ctx, containerID, client.ExecCreateOptions{
 		AttachStdout: true, AttachStderr: true, Cmd: cmd, User: user,
-		Env: []string{stepScriptVar + "=" + stepScript},
 	})
 	if err != nil {
 		return -1, err

@@ -3,20 +3,15 @@ package kubernetes
 import (
 	"context"
 	"crypto/rand"
-	_ "embed"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"strings"
 	"time"
 
+	"github.com/berthci/berth/internal/stepwrap"
 	"github.com/berthci/berth/sdk"
 )
-
-// stepWrapper is the wrapper every step runs under (see step.sh).
-//
-//go:embed step.sh
-var stepWrapper string
 
 const (
 	// killWait bounds how long a step's processes may take to die after
@@ -27,11 +22,9 @@ const (
 	controlTimeout = 30 * time.Second
 )
 
-// wrapperCommand runs the wrapper in one of its modes; the wrapper's text
-// travels on the command line, so nothing has to be copied into the pod.
-func wrapperCommand(args ...string) []string {
-	return append([]string{"sh", "-c", `BERTH_STEP_SH=$1; shift; eval "$BERTH_STEP_SH"`, "berth-step", stepWrapper}, args...)
-}
+// oomHint ends the wrapper's line about a step the kernel killed for lack
+// of memory.
+const oomHint = `its limit: setting "memory_limit" of [runners.kubernetes]`
 
 type execResult struct {
 	code int
@@ -65,7 +58,7 @@ func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk
 	doing := fmt.Sprintf("step %q of job %q", step.Name, h.JobID)
 	id := randomID()
 	pidFile := stepsDir + "/" + id + ".pid"
-	cmd := wrapperCommand("run", shell, stepsDir+"/"+id+".sh", pidFile, st.BuildDir)
+	cmd := stepwrap.Command("run", shell, stepsDir+"/"+id+".sh", pidFile, st.BuildDir, oomHint)
 
 	// The stream outlives ctx: a cancel stops the step's processes, and
 	// the exit code still comes from the exec.
@@ -142,7 +135,7 @@ func (e *Executor) stop(c *cluster, st jobState, pidFile string, grace time.Dura
 func (e *Executor) signal(c *cluster, st jobState, sig, pidFile string) {
 	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
 	defer cancel()
-	code, err := c.exec(ctx, st.Namespace, st.Pod, buildContainer, wrapperCommand("signal", sig, pidFile), execIO{stdout: io.Discard, stderr: io.Discard})
+	code, err := c.exec(ctx, st.Namespace, st.Pod, buildContainer, stepwrap.Command("signal", sig, pidFile), execIO{stdout: io.Discard, stderr: io.Discard})
 	if err != nil || code != 0 {
 		e.logger().Warn("signalling a step", "pod", st.Namespace+"/"+st.Pod, "signal", sig, "exit_code", code, "error", err)
 	}

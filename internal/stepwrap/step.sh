@@ -1,20 +1,22 @@
-# The step wrapper of berth's kubernetes executor. The executor runs it with
-# an exec in the build container:
+# berth's step wrapper for container executors (docker, kubernetes): it runs
+# one step inside the job's container. The executor runs it with an exec:
 #   sh -c 'BERTH_STEP_SH=$1; shift; eval "$BERTH_STEP_SH"' berth-step TEXT MODE ARGS…
+# (stepwrap.Command builds that), so nothing has to be copied in first.
 #
-#   run SHELL SCRIPT PIDFILE DIR
-#       Saves stdin (the step's script) as SCRIPT, runs it with SHELL in DIR
-#       (created when missing) and exits with its status. The wrapper is the
-#       leader of the step's process group and writes the group's id to
-#       PIDFILE; what the step leaves running in the group is killed when
-#       SHELL exits. A step whose processes the kernel killed for lack of
-#       memory gets a line on stderr saying so.
+#   run SHELL SCRIPT PIDFILE [DIR [OOMHINT]]
+#       Saves stdin (the step's script) as SCRIPT, runs it with SHELL (in DIR,
+#       created when missing, when given) and exits with its status. The
+#       wrapper is the leader of the step's process group and writes the
+#       group's id to PIDFILE; what the step leaves running in the group is
+#       killed when SHELL exits. With OOMHINT, a step whose processes the
+#       kernel killed for lack of memory gets a line on stderr saying so,
+#       ending with OOMHINT (which names the memory setting).
 #   signal SIGNAL PIDFILE
 #       Sends SIGNAL to the step's process group. KILL is repeated until
 #       nothing of the group is left (about 10 s at most).
 #
-# It uses shell builtins, /proc, mkdir, cat, rm and sleep only, so that any image
-# with a POSIX sh runs it.
+# It uses shell builtins, /proc, mkdir, rm, sleep and cat (a slower loop
+# without it) only, so that any image with a POSIX sh runs it.
 
 # berth_pgrp PID: sets _pg to the process group of PID; false when PID is
 # gone or a zombie. (No command substitution here or below: a subshell
@@ -80,14 +82,24 @@ berth_run() {
 	[ "$_pg" = "$$" ] || echo "berth: the step has no process group of its own (the image has no setsid); a cancel stops only its shell" >&2
 	unset BERTH_SETSID BERTH_STEP_SH
 	echo "$$" >"$3" || echo "berth: cannot write $3; a cancel cannot reach this step" >&2
-	(umask 077 && exec cat >"$2") || {
+	if command -v cat >/dev/null 2>&1; then
+		(umask 077 && exec cat >"$2")
+	else
+		(
+			umask 077
+			while IFS= read -r _l || [ -n "$_l" ]; do printf '%s\n' "$_l"; done >"$2"
+		)
+	fi || {
 		echo "berth: cannot save the step's script as $2" >&2
 		exit 126
 	}
-	mkdir -p "$4" && cd "$4" || {
-		echo "berth: cannot enter the build directory $4" >&2
-		exit 126
-	}
+	if [ -n "${4-}" ]; then
+		mkdir -p "$4" && cd "$4" || {
+			echo "berth: cannot enter the build directory $4" >&2
+			exit 126
+		}
+	fi
+	_oomhint=${5-}
 	_sh=$1
 	if ! command -v "$_sh" >/dev/null 2>&1; then
 		if [ "$_sh" = bash ]; then
@@ -104,9 +116,11 @@ berth_run() {
 	_oom_before=$_oom
 	"$_sh" "$2" </dev/null
 	_rc=$?
-	berth_oom_kills
-	if [ "$_oom" -gt "$_oom_before" ] 2>/dev/null; then
-		echo "berth: the kernel killed a process of the step: the build container ran out of memory (its limit: setting \"memory_limit\" of [runners.kubernetes])" >&2
+	if [ -n "$_oomhint" ]; then
+		berth_oom_kills
+		if [ "$_oom" -gt "$_oom_before" ] 2>/dev/null; then
+			echo "berth: the kernel killed a process of the step: the container ran out of memory ($_oomhint)" >&2
+		fi
 	fi
 	rm -f "$2" "$3"
 	berth_kill $$ $$ || echo "berth: processes the step left behind survive SIGKILL" >&2
