@@ -85,6 +85,9 @@ type Options struct {
 	// RequestTimeout bounds one ordinary call (1 min when zero); a job
 	// request is allowed longer (GitLab may hold it: long polling).
 	RequestTimeout time.Duration
+	// Sleep waits between attempts (nil: a timer that ctx can cut short);
+	// tests record the waits through it instead of timing them.
+	Sleep func(ctx context.Context, d time.Duration) error
 	// LongPollTimeout bounds one job request (2 min when zero).
 	LongPollTimeout time.Duration
 }
@@ -242,7 +245,11 @@ func (c *Client) do(ctx context.Context, cl call) (*http.Response, context.Cance
 			}
 		}
 		c.log.Debug("retrying a call to GitLab", "call", cl.name(), "attempt", attempt, "wait", wait, "error", lastErr)
-		if err := sleep(ctx, wait); err != nil {
+		pause := c.opts.Sleep
+		if pause == nil {
+			pause = sleep
+		}
+		if err := pause(ctx, wait); err != nil {
 			return nil, nil, fmt.Errorf("%w (gave up waiting to retry: %w)", lastErr, err)
 		}
 	}

@@ -107,11 +107,11 @@ func TestSystemIDIsStable(t *testing.T) {
 
 func TestRetriesHonourRetryAfter(t *testing.T) {
 	var mu sync.Mutex
-	var times []time.Time
+	calls := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		mu.Lock()
-		times = append(times, time.Now())
-		n := len(times)
+		calls++
+		n := calls
 		mu.Unlock()
 		switch n {
 		case 1:
@@ -125,16 +125,25 @@ func TestRetriesHonourRetryAfter(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	c := testClient(t, srv.URL)
+	// The waits between attempts are recorded, not timed.
+	var waits []time.Duration
+	c, err := NewClient(srv.URL, Options{MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, UserAgent: "berth-test",
+		Sleep: func(_ context.Context, d time.Duration) error { waits = append(waits, d); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
 	res, err := c.RequestJob(context.Background(), JobRequest{Token: "t"})
 	if err != nil || res.Status != http.StatusNoContent || res.LastUpdate != "abc" || res.Job != nil {
 		t.Fatalf("%+v %v", res, err)
 	}
-	if len(times) != 3 {
-		t.Fatalf("%d attempts, want 3", len(times))
+	if calls != 3 || len(waits) != 2 {
+		t.Fatalf("%d attempts and %d waits, want 3 and 2", calls, len(waits))
 	}
-	if gap := times[1].Sub(times[0]); gap < 900*time.Millisecond {
-		t.Errorf("the retry after a 429 with Retry-After: 1 came after %s", gap)
+	if waits[0] != time.Second {
+		t.Errorf("waited %s after a 429 with Retry-After: 1, want 1s (above MaxBackoff 50ms)", waits[0])
+	}
+	if waits[1] <= 0 || waits[1] > 50*time.Millisecond {
+		t.Errorf("waited %s after a 502, want a backoff within MaxBackoff 50ms", waits[1])
 	}
 }
 
