@@ -18,6 +18,7 @@ import (
 	"github.com/berthci/berth/host/console"
 	"github.com/berthci/berth/host/job"
 	"github.com/berthci/berth/host/localrun"
+	"github.com/berthci/berth/host/trace"
 )
 
 // execUI shows a local run: job logs with colored prefixes, one line per
@@ -219,7 +220,9 @@ type jsonLog struct {
 	partial []byte
 }
 
-var traceMarkup = regexp.MustCompile(`section_(start|end):[0-9]+:[A-Za-z0-9_.-]+(\[[^\]]*\])?\r\x1b\[0K|\x1b\[[0-9;]*[A-Za-z]`)
+// traceMarkup is what a JSON log line leaves out: section markers and ANSI
+// escapes.
+var traceMarkup = regexp.MustCompile(trace.MarkerPattern().String() + `|\x1b\[[0-9;]*[A-Za-z]`)
 
 func (j *jsonLog) Write(p []byte) (int, error) {
 	j.partial = append(j.partial, p...)
@@ -265,8 +268,6 @@ type traceSection struct {
 	start        time.Time
 }
 
-var sectionMarkerRE = regexp.MustCompile(`section_(start|end):[0-9]+:([A-Za-z0-9_.-]+)(\[[^\]]*\])?\r\x1b\[0K`)
-
 func (s *sectionFilter) hidden() bool {
 	for _, sec := range s.stack {
 		if sec.collapsed {
@@ -291,7 +292,7 @@ func (s *sectionFilter) Write(p []byte) (int, error) {
 func (s *sectionFilter) line(l []byte) {
 	var out bytes.Buffer
 	pos := 0
-	for _, m := range sectionMarkerRE.FindAllSubmatchIndex(l, -1) {
+	for _, m := range trace.MarkerPattern().FindAllSubmatchIndex(l, -1) {
 		if !s.hidden() {
 			out.Write(l[pos:m[0]])
 		}

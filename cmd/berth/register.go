@@ -329,7 +329,7 @@ func verifyCommand(ctx context.Context, args []string, stdout, stderr io.Writer)
 	if err != nil {
 		return err
 	}
-	systemID, err := gitlab.LoadSystemID(filepath.Join(filepath.Dir(*cfgPath), gitlab.SystemIDFile))
+	systemID, err := systemIDFor(*cfgPath)
 	if err != nil {
 		return err
 	}
@@ -409,7 +409,7 @@ func unregisterCommand(ctx context.Context, args []string, stdout, stderr io.Wri
 	default:
 		return errors.New("unregister: say which runner: --name, --url and --token, or --all-runners")
 	}
-	systemID, err := gitlab.LoadSystemID(filepath.Join(filepath.Dir(*cfgPath), gitlab.SystemIDFile))
+	systemID, err := systemIDFor(*cfgPath)
 	if err != nil {
 		return err
 	}
@@ -470,4 +470,10 @@ func listCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		fmt.Fprintf(tw, "%s\tExecutor=%s\tToken=%s\tURL=%s\n", r.Name, r.Executor, r.ShortToken(), r.URL)
 	}
 	return tw.Flush()
+}
+
+// systemIDFor reads (or makes, once) the machine's system_id, kept beside
+// config.toml.
+func systemIDFor(cfgPath string) (string, error) {
+	return gitlab.LoadSystemID(filepath.Join(filepath.Dir(cfgPath), gitlab.SystemIDFile))
 }

@@ -199,7 +199,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	systemID, err := gitlab.LoadSystemID(filepath.Join(filepath.Dir(*cfgPath), gitlab.SystemIDFile))
+	systemID, err := systemIDFor(*cfgPath)
 	if err != nil {
 		return err
 	}

@@ -7,8 +7,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"regexp"
 	"sync"
+
+	"github.com/berthci/berth/host/trace"
 )
 
 // Screen is the shared output: it writes whole lines from many jobs
@@ -43,9 +44,6 @@ func jobColor(i int) int {
 	colors := [...]int{36, 35, 34, 33, 32, 96, 95, 94, 93, 92}
 	return colors[i%len(colors)]
 }
-
-// sectionMarker matches GitLab's section markers in a trace.
-var sectionMarker = regexp.MustCompile(`section_(start|end):[0-9]+:[A-Za-z0-9_.-]+(\[[^\]]*\])?\r\x1b\[0K`)
 
 // Job returns a writer for one job's trace. With prefix set, every line
 // starts with the job's name in its color (index picks the color).
@@ -85,7 +83,7 @@ func (j *jobWriter) emit(lines []byte) {
 		} else {
 			lines = nil
 		}
-		clean := sectionMarker.ReplaceAll(line, nil)
+		clean := trace.MarkerPattern().ReplaceAll(line, nil)
 		if len(bytes.TrimSpace(clean)) == 0 && len(clean) != len(line) {
 			continue // a line that held only a section end
 		}

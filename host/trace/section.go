@@ -3,6 +3,7 @@ package trace
 import (
 	"fmt"
 	"io"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -65,3 +66,12 @@ func startMarker(at time.Time, name, header string) string {
 func endMarker(at time.Time, name string) string {
 	return "section_end:" + strconv.FormatInt(at.Unix(), 10) + ":" + SectionName(name) + "\r\x1b[0K"
 }
+
+// markerPattern matches the markers SectionStart and SectionEnd write (and
+// GitLab's section options, "name[collapsed=true]"): group 1 is start or
+// end, group 2 the name, group 3 the options.
+var markerPattern = regexp.MustCompile(`section_(start|end):[0-9]+:([A-Za-z0-9_.-]+)(\[[^\]]*\])?\r\x1b\[0K`)
+
+// MarkerPattern matches a section marker in a trace, for the programs that
+// show traces (see markerPattern for its groups).
+func MarkerPattern() *regexp.Regexp { return markerPattern }

@@ -3,6 +3,7 @@ package trace
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 )
@@ -79,5 +80,23 @@ func TestSectionWriteErrorsNameTheSection(t *testing.T) {
 	err = SectionEnd(failingWriter{boom}, time.Unix(0, 0), "build")
 	if !errors.Is(err, boom) || !bytes.Contains([]byte(err.Error()), []byte(`"build"`)) {
 		t.Errorf("SectionEnd error = %v; want it to wrap %v and name the section", err, boom)
+	}
+}
+
+func TestMarkerPatternReadsWhatSectionsWrite(t *testing.T) {
+	var b strings.Builder
+	at := time.Unix(1700000000, 0)
+	if err := SectionStart(&b, at, "get_sources", "Getting sources"); err != nil {
+		t.Fatal(err)
+	}
+	if err := SectionEnd(&b, at, "get_sources"); err != nil {
+		t.Fatal(err)
+	}
+	m := MarkerPattern().FindAllStringSubmatch(b.String(), -1)
+	if len(m) != 2 || m[0][1] != "start" || m[0][2] != "get_sources" || m[1][1] != "end" || m[1][2] != "get_sources" {
+		t.Errorf("markers read back as %q from %q", m, b.String())
+	}
+	if rest := MarkerPattern().ReplaceAllString(b.String(), ""); rest != "Getting sources\n" {
+		t.Errorf("without markers the trace is %q, want the header alone", rest)
 	}
 }
