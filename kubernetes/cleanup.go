@@ -19,9 +19,10 @@ import (
 const goneWait = 30 * time.Second
 
 // Cleanup implements sdk.Executor: it deletes the job's pod (which also
-// ends any step still running) and waits until it is gone. With a handle
-// holding only the job's ID (after a failed Prepare) it deletes the pods
-// labelled with the job. Cleaning up twice is fine.
+// ends any step still running) and waits until it is gone, and deletes
+// the job's pull Secret. With a handle holding only the job's ID (after a
+// failed Prepare) it deletes the pods and Secrets labelled with the job.
+// Cleaning up twice is fine.
 func (e *Executor) Cleanup(ctx context.Context, h sdk.Handle) error {
 	cfg, c, err := e.current()
 	if err != nil {
@@ -30,19 +31,8 @@ func (e *Executor) Cleanup(ctx context.Context, h sdk.Handle) error {
 	doing := fmt.Sprintf("cleaning up job %q", h.JobID)
 	st, err := decodeState(h)
 	if errors.Is(err, errNoState) {
-		sel := labels.Set{LabelJob: labelValue(h.JobID, 63)}.String()
-		list, err := c.cs.CoreV1().Pods(cfg.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+		err := errors.Join(c.deleteJobPods(ctx, cfg, h.JobID), c.deleteJobSecrets(ctx, cfg.Namespace, h.JobID))
 		if err != nil {
-			return fmt.Errorf("%s: listing its pods on %s: %w", doing, c.describe, err)
-		}
-		var errs []error
-		for _, p := range list.Items {
-			if p.Annotations[AnnotationJob] != h.JobID {
-				continue
-			}
-			errs = append(errs, c.deletePod(ctx, jobState{Namespace: p.Namespace, Pod: p.Name, GracePeriod: int64(cfg.CleanupGracePeriod / time.Second)}))
-		}
-		if err := errors.Join(errs...); err != nil {
 			return fmt.Errorf("%s: %w", doing, err)
 		}
 		return nil
@@ -50,10 +40,37 @@ func (e *Executor) Cleanup(ctx context.Context, h sdk.Handle) error {
 	if err != nil {
 		return err
 	}
-	if err := c.deletePod(ctx, st); err != nil {
+	// The Secret goes even when the pod does not: it holds passwords.
+	err = errors.Join(c.deletePod(ctx, st), c.deleteJobSecret(ctx, st))
+	if err != nil {
 		return fmt.Errorf("%s: %w", doing, err)
 	}
 	return nil
+}
+
+// deleteJobPods deletes the pods labelled with the job.
+func (c *cluster) deleteJobPods(ctx context.Context, cfg settings, jobID string) error {
+	sel := labels.Set{LabelJob: labelValue(jobID, 63)}.String()
+	list, err := c.cs.CoreV1().Pods(cfg.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
+	if err != nil {
+		return fmt.Errorf("listing its pods on %s: %w", c.describe, err)
+	}
+	var errs []error
+	for _, p := range list.Items {
+		if p.Annotations[AnnotationJob] != jobID {
+			continue
+		}
+		errs = append(errs, c.deletePod(ctx, jobState{Namespace: p.Namespace, Pod: p.Name, GracePeriod: int64(cfg.CleanupGracePeriod / time.Second)}))
+	}
+	return errors.Join(errs...)
+}
+
+// deleteJobSecret deletes the pull Secret the handle names, if any.
+func (c *cluster) deleteJobSecret(ctx context.Context, st jobState) error {
+	if st.Secret == "" {
+		return nil
+	}
+	return c.deleteSecret(ctx, st.Namespace, st.Secret)
 }
 
 // deletePod deletes a pod and waits until it is gone.
@@ -85,9 +102,15 @@ func (c *cluster) deletePod(ctx context.Context, st jobState) error {
 	}
 }
 
-// deleteExpired deletes the pods of this runner whose expiry annotation is
-// past: pods of jobs whose plugin died without cleaning up.
+// deleteExpired deletes the pods and pull Secrets of this runner whose
+// expiry annotation is past: those of jobs whose plugin died without
+// cleaning up.
 func (e *Executor) deleteExpired(ctx context.Context, c *cluster, cfg settings) error {
+	return errors.Join(e.deleteExpiredPods(ctx, c, cfg), e.deleteExpiredSecrets(ctx, c, cfg))
+}
+
+// deleteExpiredPods deletes the pods of this runner past their expiry.
+func (e *Executor) deleteExpiredPods(ctx context.Context, c *cluster, cfg settings) error {
 	sel := labels.Set{LabelRunner: labelValue(cfg.RunnerName, 63)}.String()
 	list, err := c.cs.CoreV1().Pods(cfg.Namespace).List(ctx, metav1.ListOptions{LabelSelector: sel})
 	if err != nil {

@@ -1,19 +1,27 @@
 package kubernetes
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	k8s "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -341,5 +349,321 @@ func TestOutOfMemoryIsNamed(t *testing.T) {
 	code, _, stderr, err := run(t, t.Context(), e, h, "head -c 400m /dev/zero | tail -c 300m >/dev/null\n")
 	if err != nil || code == 0 || !strings.Contains(stderr, "ran out of memory") {
 		t.Errorf("Run = %d, %v; stderr %q; want a failure saying the container ran out of memory", code, err, stderr)
+	}
+}
+
+func TestRunAsUserAndGroup(t *testing.T) {
+	e, _ := testExecutor(t, map[string]any{"run_as_user": 1234, "run_as_group": 2345})
+	// The service serves the IDs it runs with: the pod-level
+	// securityContext must reach it too.
+	h := prepare(t, e, sdk.Job{Services: []sdk.Service{{
+		Image:   sdk.Image{Name: busyboxImage, Entrypoint: []string{"sh", "-c"}},
+		Aliases: []string{"ids"},
+		Command: []string{`mkdir -p /tmp/www && { id -u; id -g; } >/tmp/www/ids && exec httpd -f -p 8081 -h /tmp/www`},
+	}}})
+	code, stdout, stderr, err := run(t, t.Context(), e, h, "id -u; id -g\n")
+	if err != nil || code != 0 || stdout != "1234\n2345\n" {
+		t.Errorf("the build container's IDs: %d, %v; stdout %q, stderr %q; want 1234 and 2345", code, err, stdout, stderr)
+	}
+	code, stdout, stderr, err = run(t, t.Context(), e, h, `i=0
+until wget -q -O - http://ids:8081/ids; do
+	i=$((i + 1)); [ "$i" -lt 100 ] || exit 1; sleep 0.2
+done
+`)
+	if err != nil || code != 0 || stdout != "1234\n2345\n" {
+		t.Errorf("the service's IDs: %d, %v; stdout %q, stderr %q; want 1234 and 2345", code, err, stdout, stderr)
+	}
+	// The build volume (an emptyDir) takes the user's files without an
+	// fsGroup: steps, Upload and Download all write or read there.
+	code, stdout, stderr, err = run(t, t.Context(), e, h, "echo written > file && mkdir -p sub/dir && cat file && stat -c '%u:%g' file sub/dir\n")
+	if err != nil || code != 0 || stdout != "written\n1234:2345\n1234:2345\n" {
+		t.Errorf("writing in the build directory: %d, %v; stdout %q, stderr %q", code, err, stdout, stderr)
+	}
+	if err := e.Upload(t.Context(), h, "up", strings.NewReader(tarOf(t, []string{"dir/", "dir/file"}))); err != nil {
+		t.Fatalf("Upload as user 1234: %v", err)
+	}
+	var archive bytes.Buffer
+	if err := e.Download(t.Context(), h, []string{"up", "file"}, &archive); err != nil {
+		t.Fatalf("Download as user 1234: %v", err)
+	}
+	var names []string
+	for tr := tar.NewReader(&archive); ; {
+		hdr, err := tr.Next()
+		if err != nil {
+			break
+		}
+		names = append(names, strings.TrimSuffix(hdr.Name, "/"))
+	}
+	if got := strings.Join(names, ","); got != "up,up/dir,up/dir/file,file" {
+		t.Errorf("Download: entries %s; want up, up/dir, up/dir/file and file", got)
+	}
+}
+
+// credentialJob is a job with one registry login whose password is new
+// for each call.
+func credentialJob(t *testing.T, registry string) sdk.Job {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return sdk.Job{ID: jobID(t), Credentials: []sdk.Credential{{Registry: registry, Username: "berth-user", Password: "berth-pw-" + hex.EncodeToString(b)}}}
+}
+
+// secretGone fails the test unless the Secret is gone.
+func secretGone(t *testing.T, cs k8s.Interface, ns, name, when string) {
+	t.Helper()
+	if _, err := cs.CoreV1().Secrets(ns).Get(context.Background(), name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("registry Secret %s/%s %s: %v; want it deleted", ns, name, when, err)
+	}
+}
+
+func podGone(t *testing.T, cs k8s.Interface, ns, name, when string) {
+	t.Helper()
+	if _, err := cs.CoreV1().Pods(ns).Get(context.Background(), name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("pod %s/%s %s: %v; want it deleted", ns, name, when, err)
+	}
+}
+
+func TestPullSecretLifecycle(t *testing.T) {
+	path, _ := testCluster(t)
+	e, cs := testExecutor(t, nil)
+	job := credentialJob(t, "registry.berth-test.invalid")
+	login := job.Credentials[0]
+	h := prepare(t, e, job)
+	if bytes.Contains(h.State, []byte(login.Password)) {
+		t.Errorf("the password is in the handle: %s", h.State)
+	}
+	st, err := decodeState(h)
+	if err != nil || st.Secret != pullSecretName(job.ID) {
+		t.Fatalf("state %+v, %v; want it to name the job's Secret", st, err)
+	}
+	ctx := t.Context()
+	pod, err := cs.CoreV1().Pods(st.Namespace).Get(ctx, st.Pod, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := cs.CoreV1().Secrets(st.Namespace).Get(ctx, st.Secret, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the job's registry Secret during the job: %v", err)
+	}
+	if s.Type != corev1.SecretTypeDockerConfigJson {
+		t.Errorf("Secret type %s; want %s", s.Type, corev1.SecretTypeDockerConfigJson)
+	}
+	want := map[string]string{"username": login.Username, "password": login.Password, "auth": base64.StdEncoding.EncodeToString([]byte(login.Username + ":" + login.Password))}
+	if got := decodeAuths(t, s.Data[corev1.DockerConfigJsonKey]); len(got) != 1 || fmt.Sprint(got[login.Registry]) != fmt.Sprint(want) {
+		t.Errorf("auths %v; want %s: %v", got, login.Registry, want)
+	}
+	for _, k := range []string{LabelJob, LabelRunner} {
+		if s.Labels[k] == "" || s.Labels[k] != pod.Labels[k] {
+			t.Errorf("Secret label %s=%q; the pod's is %q", k, s.Labels[k], pod.Labels[k])
+		}
+	}
+	for _, k := range []string{AnnotationJob, AnnotationExpires} {
+		if s.Annotations[k] == "" || s.Annotations[k] != pod.Annotations[k] {
+			t.Errorf("Secret annotation %s=%q; the pod's is %q", k, s.Annotations[k], pod.Annotations[k])
+		}
+	}
+	if refs := pod.Spec.ImagePullSecrets; len(refs) != 1 || refs[0].Name != st.Secret {
+		t.Errorf("the pod's imagePullSecrets %v; want [%s]", refs, st.Secret)
+	}
+	if o := s.OwnerReferences; len(o) != 1 || o[0].Kind != "Pod" || o[0].Name != pod.Name || o[0].UID != pod.UID {
+		t.Errorf("Secret owners %+v; want the pod %s (%s)", o, pod.Name, pod.UID)
+	}
+	if code, _, _, err := run(t, ctx, e, h, "true\n"); err != nil || code != 0 {
+		t.Errorf("a step in the pod: %d, %v", code, err)
+	}
+	// Without its owner the Secret is not the garbage collector's: only
+	// Cleanup can delete it now.
+	if _, err := cs.CoreV1().Secrets(st.Namespace).Patch(ctx, st.Secret, types.MergePatchType, []byte(`{"metadata":{"ownerReferences":null}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A plugin process that did not prepare the job cleans up from the
+	// handle, twice.
+	fresh := New()
+	if err := fresh.Configure(ctx, testSettings(path, nil)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		if err := fresh.Cleanup(ctx, h); err != nil {
+			t.Fatalf("Cleanup %d: %v", i+1, err)
+		}
+	}
+	podGone(t, cs, st.Namespace, st.Pod, "after Cleanup")
+	secretGone(t, cs, st.Namespace, st.Secret, "after Cleanup")
+}
+
+// fakeRegistry is an HTTP registry on 127.0.0.1 (kubelet reaches
+// localhost registries over HTTP) that asks for a login and then answers
+// each request with respond; auth receives the Authorization headers.
+func fakeRegistry(t *testing.T, respond func(http.ResponseWriter)) (host string, auth <-chan string) {
+	ch := make(chan string, 100)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a := r.Header.Get("Authorization")
+		if a == "" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="berth-test"`)
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		select {
+		case ch <- a:
+		default:
+		}
+		respond(w)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://"), ch
+}
+
+func TestPullSecretReachesKubelet(t *testing.T) {
+	e, cs := testExecutor(t, map[string]any{"poll_timeout": "2m"})
+	host, auth := fakeRegistry(t, func(w http.ResponseWriter) { w.WriteHeader(http.StatusNotFound) })
+	job := credentialJob(t, host)
+	login := job.Credentials[0]
+	job.Image = sdk.Image{Name: host + "/berth-test/private:1", PullPolicy: []string{PullAlways}}
+	job.Timeout = time.Minute
+	t.Cleanup(func() { _ = e.Cleanup(context.Background(), sdk.Handle{JobID: job.ID}) })
+	_, err := e.Prepare(t.Context(), job)
+	if err == nil || !strings.Contains(err.Error(), job.Image.Name) {
+		t.Fatalf("Prepare with an image the registry does not have: %v; want an error naming it", err)
+	}
+	t.Logf("Prepare: %v", err)
+	if strings.Contains(err.Error(), login.Password) {
+		t.Errorf("the password is in Prepare's error: %v", err)
+	}
+	// The failed Prepare took its pod and Secret with it.
+	podGone(t, cs, "default", podName(job.ID), "after a failed Prepare")
+	secretGone(t, cs, "default", pullSecretName(job.ID), "after a failed Prepare")
+	select {
+	case got := <-auth:
+		if want := "Basic " + base64.StdEncoding.EncodeToString([]byte(login.Username+":"+login.Password)); got != want {
+			t.Errorf("the registry got Authorization %q; want %q (the job's login)", got, want)
+		}
+	default:
+		t.Skipf("kubelet did not reach the registry at %s (a cluster on another host?); the login it would send is unchecked", host)
+	}
+}
+
+func TestMissingImageLeavesNoSecret(t *testing.T) {
+	e, cs := testExecutor(t, map[string]any{"poll_timeout": "20s"})
+	job := credentialJob(t, "registry.berth-test.invalid")
+	job.Image = sdk.Image{Name: "berth-test/no-such-image:404", PullPolicy: []string{PullNever}}
+	job.Timeout = time.Minute
+	t.Cleanup(func() { _ = e.Cleanup(context.Background(), sdk.Handle{JobID: job.ID}) })
+	_, err := e.Prepare(t.Context(), job)
+	if err == nil || !strings.Contains(err.Error(), job.Image.Name) {
+		t.Fatalf("Prepare with a missing image: %v; want an error naming it", err)
+	}
+	podGone(t, cs, "default", podName(job.ID), "after a failed Prepare")
+	secretGone(t, cs, "default", pullSecretName(job.ID), "after a failed Prepare")
+}
+
+func TestCancelledPrepareLeavesNoSecret(t *testing.T) {
+	e, cs := testExecutor(t, map[string]any{"poll_timeout": "2m"})
+	// The registry holds the pull until the test ends, so the pod is
+	// still pulling, its Secret in place, when the cancel comes.
+	release := make(chan struct{})
+	host, auth := fakeRegistry(t, func(http.ResponseWriter) { <-release })
+	t.Cleanup(func() { close(release) }) // before the server's Close
+	job := credentialJob(t, host)
+	job.Image = sdk.Image{Name: host + "/berth-test/slow:1", PullPolicy: []string{PullAlways}}
+	job.Timeout = time.Minute
+	t.Cleanup(func() { _ = e.Cleanup(context.Background(), sdk.Handle{JobID: job.ID}) })
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.Prepare(ctx, job)
+		done <- err
+	}()
+	var err error
+	select {
+	case <-auth:
+		if _, gerr := cs.CoreV1().Secrets("default").Get(t.Context(), pullSecretName(job.ID), metav1.GetOptions{}); gerr != nil {
+			t.Errorf("the job's Secret while its image is pulled: %v", gerr)
+		}
+		cancel()
+		err = <-done
+		if err == nil || !strings.Contains(err.Error(), "stopped while waiting") {
+			t.Errorf("a cancelled Prepare: %v; want an error saying it was stopped", err)
+		}
+	case err = <-done:
+		t.Logf("kubelet did not reach the registry at %s (a cluster on another host?), so Prepare failed before the cancel: %v", host, err)
+		if err == nil {
+			t.Fatal("Prepare of an image no registry has succeeded")
+		}
+	}
+	podGone(t, cs, "default", podName(job.ID), "after a cancelled Prepare")
+	secretGone(t, cs, "default", pullSecretName(job.ID), "after a cancelled Prepare")
+}
+
+func TestExpiredPullSecretsAreDeleted(t *testing.T) {
+	path, cs := testCluster(t)
+	runner := "berth-test-sweep-" + jobID(t)[len("testexpiredpullsecretsaredeleted-"):]
+	settings := testSettings(path, map[string]any{"runner_name": runner})
+	ctx := t.Context()
+	now := time.Now()
+	// mk makes a Secret of a runner as a job of it would, expiring at exp.
+	mk := func(name, runner string, exp time.Time) string {
+		t.Helper()
+		name = name + "-" + jobID(t)[len("testexpiredpullsecretsaredeleted-"):]
+		_, err := cs.CoreV1().Secrets("default").Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{
+				Name:        name,
+				Labels:      map[string]string{LabelJob: name, LabelRunner: labelValue(runner, 63)},
+				Annotations: map[string]string{AnnotationJob: name, AnnotationExpires: strconv.FormatInt(exp.Unix(), 10)},
+			},
+			Type: corev1.SecretTypeDockerConfigJson,
+			Data: map[string][]byte{corev1.DockerConfigJsonKey: []byte(`{"auths":{}}`)},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cs.CoreV1().Secrets("default").Delete(context.Background(), name, metav1.DeleteOptions{}) })
+		return name
+	}
+	expired := mk("berth-expired", runner, now.Add(-time.Hour))
+	current := mk("berth-current", runner, now.Add(time.Hour))
+	others := mk("berth-others", runner+"-other", now.Add(-time.Hour))
+	// And a job of the runner with a login, prepared by a plugin whose
+	// clock is 3 hours behind.
+	old := New(WithClock(func() time.Time { return time.Now().Add(-3 * time.Hour) }))
+	if err := old.Configure(ctx, settings); err != nil {
+		t.Fatal(err)
+	}
+	stale, _ := decodeState(prepare(t, old, credentialJob(t, "registry.berth-test.invalid")))
+
+	if err := New().Configure(ctx, settings); err != nil {
+		t.Fatal(err)
+	}
+	secretGone(t, cs, "default", expired, "of this runner past its expiry, after a new plugin's Configure")
+	secretGone(t, cs, "default", stale.Secret, "of a job of this runner past its expiry, after a new plugin's Configure")
+	podGone(t, cs, "default", stale.Pod, "of this runner past its expiry, after a new plugin's Configure")
+	for _, name := range []string{current, others} {
+		if _, err := cs.CoreV1().Secrets("default").Get(ctx, name, metav1.GetOptions{}); err != nil {
+			t.Errorf("Secret %s (not expired, or another runner's) after the sweep: %v; want it kept", name, err)
+		}
+	}
+}
+
+func TestPullSecretGoesWithItsPod(t *testing.T) {
+	e, cs := testExecutor(t, nil)
+	st, _ := decodeState(prepare(t, e, credentialJob(t, "registry.berth-test.invalid")))
+	zero := int64(0)
+	if err := cs.CoreV1().Pods(st.Namespace).Delete(t.Context(), st.Pod, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	// The garbage collector works on its own time: wait for it, with a
+	// bound only so that a cluster without it ends the test.
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	for {
+		_, err := cs.CoreV1().Secrets(st.Namespace).Get(ctx, st.Secret, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the Secret of a deleted pod is still there (%v): is the pod not its owner, or the garbage collector not running?", err)
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }

@@ -19,10 +19,17 @@
 // so the job's image needs sh and tar. No variable of the job is put into
 // the pod: scripts (with masked and file variables) arrive over exec.
 //
-// Every pod carries the labels berth.ci/job and berth.ci/runner and the
-// annotation berth.ci/expires (a unix time: the job's timeout plus a
-// margin). Cleanup deletes the job's pod; the first Configure of a plugin
-// process deletes the pods of its runner past their expiry.
+// A job with registry logins (GitLab sends them with the job) gets a
+// Secret of type kubernetes.io/dockerconfigjson of its own, named after
+// its pod, created before the pod and listed in its imagePullSecrets after
+// the configured ones. The pod is its owner, so the garbage collector
+// removes it with the pod.
+//
+// Every pod and pull Secret carries the labels berth.ci/job and
+// berth.ci/runner and the annotation berth.ci/expires (a unix time: the
+// job's timeout plus a margin). Cleanup deletes the job's pod and Secret;
+// the first Configure of a plugin process deletes the pods and Secrets of
+// its runner past their expiry.
 //
 // The cluster is reached through the host, kubeconfig and context
 // settings, $KUBECONFIG or ~/.kube/config, or, when none of those exists
@@ -53,7 +60,8 @@ import (
 // Version is the Kubernetes executor's version.
 const Version = "0.1.0"
 
-// Label and annotation keys set on every pod the executor creates.
+// Label and annotation keys set on every pod and Secret the executor
+// creates.
 const (
 	LabelJob    = "berth.ci/job"
 	LabelRunner = "berth.ci/runner"
@@ -131,8 +139,9 @@ func (e *Executor) Info(context.Context) (sdk.Info, error) {
 // Configure implements sdk.Executor. The settings are checked here, the
 // cluster when a job needs it: a configuration that cannot be read yet (no
 // kubeconfig on this machine) is logged and reported by Prepare. The first
-// Configure also deletes the pods of this runner past their expiry; a
-// cluster that does not answer then is logged, not an error.
+// Configure also deletes the pods and pull Secrets of this runner past
+// their expiry; a cluster that does not answer then is logged, not an
+// error.
 func (e *Executor) Configure(ctx context.Context, raw map[string]any) error {
 	cfg, err := decodeSettings(raw)
 	if err != nil {
@@ -152,7 +161,7 @@ func (e *Executor) Configure(ctx context.Context, raw map[string]any) error {
 	e.mu.Unlock()
 	if sweep {
 		if err := e.deleteExpired(ctx, c, cfg); err != nil {
-			e.logger().Warn("could not delete the pods earlier jobs left behind", "error", err)
+			e.logger().Warn("could not delete the pods and Secrets earlier jobs left behind", "error", err)
 		}
 	}
 	return nil
@@ -248,6 +257,11 @@ type jobState struct {
 	BuildDir  string `json:"build_dir"`
 	// GracePeriod is cleanup_grace_period in seconds.
 	GracePeriod int64 `json:"grace_period"`
+	// Secret is the job's pull Secret, in Namespace ("": none). Added
+	// without a new stateVersion: a handle without it is a job without
+	// a Secret, and an older plugin reading it ignores it (the garbage
+	// collector then deletes the Secret with the pod).
+	Secret string `json:"secret,omitempty"`
 }
 
 func encodeState(jobID string, st jobState) (sdk.Handle, error) {

@@ -125,6 +125,9 @@ func podSpec(cfg settings, job sdk.Job, now time.Time) (*corev1.Pod, error) {
 			ServiceAccountName: cfg.ServiceAccount,
 			NodeSelector:       maps.Clone(cfg.NodeSelector),
 			Tolerations:        slices.Clone(cfg.tolerations),
+			// A copy: the settings are shared by every job.
+			Affinity:        cfg.affinity.DeepCopy(),
+			SecurityContext: podSecurity(cfg),
 		},
 	}
 	if len(hostnames) > 0 {
@@ -133,7 +136,30 @@ func podSpec(cfg settings, job sdk.Job, now time.Time) (*corev1.Pod, error) {
 	for _, s := range cfg.ImagePullSecrets {
 		pod.Spec.ImagePullSecrets = append(pod.Spec.ImagePullSecrets, corev1.LocalObjectReference{Name: s})
 	}
+	// The job's own registry logins come after the runner's Secrets,
+	// which keep the place the configuration gives them.
+	if hasCredentials(job) {
+		pod.Spec.ImagePullSecrets = append(pod.Spec.ImagePullSecrets, corev1.LocalObjectReference{Name: pullSecretName(job.ID)})
+	}
 	return pod, nil
+}
+
+// podSecurity is the pod's securityContext: pod-level, so that the build
+// and the service containers all run as run_as_user and run_as_group.
+// No fsGroup: the emptyDir volumes are writable by any user already, and
+// an fsGroup would add a supplementary group the image did not ask for.
+func podSecurity(cfg settings) *corev1.PodSecurityContext {
+	if cfg.RunAsUser == imageID && cfg.RunAsGroup == imageID {
+		return nil
+	}
+	sc := &corev1.PodSecurityContext{}
+	if cfg.RunAsUser != imageID {
+		sc.RunAsUser = new(cfg.RunAsUser)
+	}
+	if cfg.RunAsGroup != imageID {
+		sc.RunAsGroup = new(cfg.RunAsGroup)
+	}
+	return sc
 }
 
 // jobPullPolicy is the pull policy for an image: the first the job asks

@@ -18,12 +18,13 @@ import (
 	"github.com/berthci/berth/sdk/archive"
 )
 
-// Prepare implements sdk.Executor: it creates the job's pod and waits for
+// Prepare implements sdk.Executor: it creates the job's pod (after the
+// Secret with the job's registry logins, when it has some) and waits for
 // its containers to run. A second Prepare of the same job reuses its pod
 // while that still runs, or replaces it. A pod that cannot run (an image
 // that cannot be pulled, no node to schedule it on, a container that
 // cannot start, an eviction) fails Prepare at once with the reason, and
-// is deleted.
+// is deleted. A failed Prepare deletes the job's Secret.
 func (e *Executor) Prepare(ctx context.Context, job sdk.Job) (sdk.Handle, error) {
 	cfg, c, err := e.current()
 	if err != nil {
@@ -33,39 +34,91 @@ func (e *Executor) Prepare(ctx context.Context, job sdk.Job) (sdk.Handle, error)
 	if err != nil {
 		return sdk.Handle{}, err
 	}
+	secret, err := pullSecret(pod, job)
+	if err != nil {
+		return sdk.Handle{}, err
+	}
 	st := jobState{
 		Namespace:   pod.Namespace,
 		Pod:         pod.Name,
 		BuildDir:    path.Join(cfg.BuildsDir, archive.JobDirName(job.ID)),
 		GracePeriod: int64(cfg.CleanupGracePeriod / time.Second),
 	}
+	if secret != nil {
+		st.Secret = secret.Name
+	}
 	doing := fmt.Sprintf("preparing job %q: pod %s/%s", job.ID, st.Namespace, st.Pod)
+	created, err := c.createPod(ctx, pod, secret, st)
+	if err != nil {
+		e.discard(ctx, c, st, false)
+		return sdk.Handle{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	if secret != nil {
+		// Only a safety net (Cleanup and the expiry sweep delete the
+		// Secret too): not worth failing the job for.
+		if err := c.ownSecret(ctx, st.Namespace, st.Secret, created); err != nil {
+			e.logger().Warn("the job's registry Secret is not tied to its pod; it is deleted at Cleanup or once expired", "job", job.ID, "error", err)
+		}
+	}
+	if err := c.waitRunning(ctx, created, cfg.PollTimeout); err != nil {
+		e.discard(ctx, c, st, true)
+		return sdk.Handle{}, fmt.Errorf("%s: %w", doing, err)
+	}
+	return encodeState(job.ID, st)
+}
+
+// createPod creates the job's pod, and first its pull Secret (nil for
+// none) so that kubelet finds it at the first pull. A pod of an earlier
+// Prepare of the job is reused while it runs, and replaced otherwise.
+func (c *cluster) createPod(ctx context.Context, pod *corev1.Pod, secret *corev1.Secret, st jobState) (*corev1.Pod, error) {
+	if secret != nil {
+		if err := c.putSecret(ctx, secret); err != nil {
+			return nil, err
+		}
+	}
 	pods := c.cs.CoreV1().Pods(st.Namespace)
 	created, err := pods.Create(ctx, pod, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		// A retried Prepare: reuse the pod unless it is on its way out.
 		old, getErr := pods.Get(ctx, pod.Name, metav1.GetOptions{})
-		if getErr == nil && old.Annotations[AnnotationJob] == job.ID && old.DeletionTimestamp == nil && !ended(old) {
-			created, err = old, nil
-		} else {
-			if err := c.deletePod(ctx, st); err != nil {
-				return sdk.Handle{}, fmt.Errorf("%s: replacing the pod an earlier attempt made: %w", doing, err)
-			}
-			created, err = pods.Create(ctx, pod, metav1.CreateOptions{})
+		if getErr == nil && old.Annotations[AnnotationJob] == pod.Annotations[AnnotationJob] && old.DeletionTimestamp == nil && !ended(old) {
+			return old, nil
 		}
+		if err := c.deletePod(ctx, st); err != nil {
+			return nil, fmt.Errorf("replacing the pod an earlier attempt made: %w", err)
+		}
+		// The old pod may have owned the Secret, which the garbage
+		// collector would now delete: make a new one.
+		if secret != nil {
+			if err := c.putSecret(ctx, secret); err != nil {
+				return nil, err
+			}
+		}
+		created, err = pods.Create(ctx, pod, metav1.CreateOptions{})
 	}
 	if err != nil {
-		return sdk.Handle{}, fmt.Errorf("%s: creating it on %s: %w", doing, c.describe, err)
+		return nil, fmt.Errorf("creating it on %s: %w", c.describe, err)
 	}
-	if err := c.waitRunning(ctx, created, cfg.PollTimeout); err != nil {
-		delCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), controlTimeout)
-		defer cancel()
-		if derr := c.deletePod(delCtx, st); derr != nil {
-			e.logger().Warn("could not delete the pod of a failed Prepare", "pod", st.Namespace+"/"+st.Pod, "error", derr)
+	return created, nil
+}
+
+// discard deletes what a failed Prepare made: the Secret, and the pod
+// when withPod (a pod Prepare could not create or replace is left to
+// Cleanup, as before). It runs even when ctx has ended, and logs what it
+// cannot delete: the Prepare's own error is the one to report.
+func (e *Executor) discard(ctx context.Context, c *cluster, st jobState, withPod bool) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), controlTimeout)
+	defer cancel()
+	if withPod {
+		if err := c.deletePod(ctx, st); err != nil {
+			e.logger().Warn("could not delete the pod of a failed Prepare", "pod", st.Namespace+"/"+st.Pod, "error", err)
 		}
-		return sdk.Handle{}, fmt.Errorf("%s: %w", doing, err)
 	}
-	return encodeState(job.ID, st)
+	if st.Secret != "" {
+		if err := c.deleteSecret(ctx, st.Namespace, st.Secret); err != nil {
+			e.logger().Warn("could not delete the registry Secret of a failed Prepare", "secret", st.Namespace+"/"+st.Secret, "error", err)
+		}
+	}
 }
 
 // waitRunning waits until every container of the pod runs, or the pod

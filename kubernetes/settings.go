@@ -1,8 +1,10 @@
 package kubernetes
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path"
 	"slices"
@@ -12,6 +14,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
+	kjson "sigs.k8s.io/json"
+	"sigs.k8s.io/yaml"
 
 	"github.com/berthci/berth/sdk"
 )
@@ -49,11 +53,15 @@ type settings struct {
 	PollTimeout          time.Duration     `mapstructure:"poll_timeout" help:"how long a job pod may take to be scheduled and have its containers running"`
 	CleanupGracePeriod   time.Duration     `mapstructure:"cleanup_grace_period" help:"grace period of a job pod when it is deleted; 0: killed at once"`
 	BuildsDir            string            `mapstructure:"builds_dir" help:"where the build volume (an emptyDir) is mounted; a job's build directory is below it"`
-	RunnerName           string            `mapstructure:"runner_name" help:"value of the runner label; at start, pods of this runner past their expiry are deleted"`
+	RunnerName           string            `mapstructure:"runner_name" help:"value of the runner label; at start, pods and registry Secrets of this runner past their expiry are deleted"`
+	Affinity             string            `mapstructure:"affinity" help:"affinity of the job pods: a Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity, in Kubernetes' field names) as JSON or YAML, e.g. {\"nodeAffinity\":{\"requiredDuringSchedulingIgnoredDuringExecution\":{\"nodeSelectorTerms\":[{\"matchExpressions\":[{\"key\":\"pool\",\"operator\":\"In\",\"values\":[\"ci\"]}]}]}}}; empty: none"`
+	RunAsUser            int64             `mapstructure:"run_as_user" help:"user ID the build and service containers run as (the pod's securityContext.runAsUser); -1: the image's user. The build volume is an emptyDir, writable by any user, so no fsGroup is set"`
+	RunAsGroup           int64             `mapstructure:"run_as_group" help:"group ID the build and service containers run as (the pod's securityContext.runAsGroup); -1: the image's group"`
 
 	// Parsed forms, filled in by decodeSettings.
 	build, service corev1.ResourceRequirements
 	tolerations    []corev1.Toleration
+	affinity       *corev1.Affinity
 }
 
 func defaultSettings() settings {
@@ -67,6 +75,8 @@ func defaultSettings() settings {
 		PollTimeout: 3 * time.Minute,
 		BuildsDir:   "/builds",
 		RunnerName:  name,
+		RunAsUser:   imageID,
+		RunAsGroup:  imageID,
 	}
 }
 
@@ -145,7 +155,67 @@ func decodeSettings(raw map[string]any) (settings, error) {
 	if strings.TrimSpace(cfg.RunnerName) == "" {
 		bad("setting \"runner_name\" must not be empty")
 	}
+	if cfg.affinity, err = parseAffinity(cfg.Affinity); err != nil {
+		bad("setting \"affinity\": %w", err)
+	}
+	for _, id := range []struct {
+		name string
+		v    int64
+	}{{"run_as_user", cfg.RunAsUser}, {"run_as_group", cfg.RunAsGroup}} {
+		if err := checkID(id.v); err != nil {
+			bad("setting %q: %w", id.name, err)
+		}
+	}
 	return cfg, errors.Join(errs...)
+}
+
+// imageID is the value of run_as_user and run_as_group that keeps the
+// image's user or group.
+const imageID = -1
+
+// checkID checks a run_as_user or run_as_group value. The upper bound is
+// the API server's: it refuses IDs above 2^31-1 in a securityContext, and
+// saying so here beats a failed Prepare on every job.
+func checkID(id int64) error {
+	switch {
+	case id < imageID:
+		return fmt.Errorf("%d is not an ID: use -1 for the image's own, or 0 to %d", id, math.MaxInt32)
+	case id > math.MaxInt32:
+		return fmt.Errorf("%d is above %d, the largest ID Kubernetes accepts", id, math.MaxInt32)
+	}
+	return nil
+}
+
+// parseAffinity decodes the affinity setting: a Kubernetes Affinity as
+// JSON or YAML. Like the API server it matches field names exactly and
+// refuses unknown and repeated ones, so that a misspelt rule is an error
+// here rather than an affinity that silently allows every node. Empty
+// text (or an empty object) is no affinity.
+func parseAffinity(text string) (*corev1.Affinity, error) {
+	if strings.TrimSpace(text) == "" {
+		return nil, nil
+	}
+	data := []byte(text)
+	// JSON is tried as such first: YAML refuses tabs that JSON allows.
+	var syntax any
+	if jsonErr := json.Unmarshal(data, &syntax); jsonErr != nil {
+		var yamlErr error
+		if data, yamlErr = yaml.YAMLToJSONStrict(data); yamlErr != nil {
+			return nil, fmt.Errorf("neither valid JSON (%v) nor valid YAML (%w)", jsonErr, yamlErr)
+		}
+	}
+	var a corev1.Affinity
+	strict, err := kjson.UnmarshalStrict(data, &a)
+	if err != nil {
+		return nil, fmt.Errorf("not a Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity): %w", err)
+	}
+	if len(strict) > 0 {
+		return nil, fmt.Errorf("not a Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity): %w", errors.Join(strict...))
+	}
+	if a == (corev1.Affinity{}) {
+		return nil, nil
+	}
+	return &a, nil
 }
 
 func mapKeys(m map[string]string) func(func(string) bool) {

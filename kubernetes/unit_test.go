@@ -2,6 +2,7 @@ package kubernetes
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,7 +19,8 @@ func TestSettingsDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Namespace != "default" || cfg.PullPolicy != PullIfNotPresent || cfg.PollTimeout != 3*time.Minute || cfg.BuildsDir != "/builds" || cfg.Privileged {
+	if cfg.Namespace != "default" || cfg.PullPolicy != PullIfNotPresent || cfg.PollTimeout != 3*time.Minute || cfg.BuildsDir != "/builds" || cfg.Privileged ||
+		cfg.RunAsUser != -1 || cfg.RunAsGroup != -1 || cfg.affinity != nil {
 		t.Errorf("defaults: %+v", cfg)
 	}
 }
@@ -88,7 +90,7 @@ func TestSchema(t *testing.T) {
 	for _, n := range []string{"host", "kubeconfig", "context", "namespace", "image", "pull_policy", "image_pull_secrets",
 		"service_account", "cpu_request", "cpu_limit", "memory_request", "memory_limit", "service_cpu_request",
 		"service_cpu_limit", "service_memory_request", "service_memory_limit", "node_selector", "tolerations",
-		"pod_labels", "pod_annotations", "privileged", "poll_timeout", "cleanup_grace_period"} {
+		"pod_labels", "pod_annotations", "privileged", "poll_timeout", "cleanup_grace_period", "affinity", "run_as_user", "run_as_group"} {
 		if !names[n] {
 			t.Errorf("setting %q missing from the schema", n)
 		}
@@ -274,5 +276,227 @@ func TestConfigureWithoutCluster(t *testing.T) {
 	err = e.Configure(t.Context(), map[string]any{"kubeconfig": "/nonexistent/kubeconfig"})
 	if err == nil || !strings.Contains(err.Error(), `"kubeconfig"`) {
 		t.Errorf("Configure with a missing kubeconfig file: %v", err)
+	}
+}
+
+func TestSettingsAffinity(t *testing.T) {
+	const nodeJSON = `{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"pool","operator":"In","values":["ci"]}]}]}}}`
+	const antiYAML = `podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+  - weight: 100
+    podAffinityTerm:
+      topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          berth.ci/runner: one
+`
+	nodeKey := func(a *corev1.Affinity) string {
+		return a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms[0].MatchExpressions[0].Key
+	}
+	for _, c := range []struct {
+		name, text string
+		check      func(*corev1.Affinity) bool // nil: no affinity
+		wantErr    []string                    // all in the error; nil: no error
+	}{
+		{name: "empty", text: ""},
+		{name: "blank", text: " \n"},
+		{name: "empty object", text: "{}"},
+		{name: "JSON", text: nodeJSON, check: func(a *corev1.Affinity) bool { return nodeKey(a) == "pool" && a.PodAffinity == nil }},
+		{name: "JSON with tabs", text: "{\n\t\"podAffinity\": {\n\t\t\"requiredDuringSchedulingIgnoredDuringExecution\": [{\"topologyKey\": \"zone\"}]\n\t}\n}",
+			check: func(a *corev1.Affinity) bool {
+				return len(a.PodAffinity.RequiredDuringSchedulingIgnoredDuringExecution) == 1 && a.PodAffinity.RequiredDuringSchedulingIgnoredDuringExecution[0].TopologyKey == "zone"
+			}},
+		{name: "YAML", text: antiYAML, check: func(a *corev1.Affinity) bool {
+			p := a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution
+			return len(p) == 1 && p[0].Weight == 100 && p[0].PodAffinityTerm.LabelSelector.MatchLabels["berth.ci/runner"] == "one"
+		}},
+		{name: "bad JSON", text: `{"nodeAffinity": `, wantErr: []string{`"affinity"`, "neither valid JSON", "YAML"}},
+		{name: "bad YAML", text: "nodeAffinity:\n\t- x: [", wantErr: []string{`"affinity"`, "YAML"}},
+		{name: "unknown field", text: strings.Replace(nodeJSON, "matchExpressions", "matchExpression", 1),
+			wantErr: []string{`"affinity"`, `unknown field "nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0].matchExpression"`}},
+		{name: "unknown field in YAML", text: "nodeAffinity:\n  preferred: []\n", wantErr: []string{`"affinity"`, `unknown field "nodeAffinity.preferred"`}},
+		{name: "field in Go's spelling", text: `{"NodeAffinity":{}}`, wantErr: []string{`"affinity"`, `"NodeAffinity"`}},
+		{name: "repeated field", text: `{"podAffinity":{},"podAffinity":{}}`, wantErr: []string{`"affinity"`, `duplicate field "podAffinity"`}},
+		{name: "repeated YAML key", text: "podAffinity: {}\npodAffinity: {}\n", wantErr: []string{`"affinity"`, "podAffinity"}},
+		{name: "wrong type", text: `{"nodeAffinity":"pool=ci"}`, wantErr: []string{`"affinity"`, "nodeAffinity"}},
+		{name: "not an object", text: `["nodeAffinity"]`, wantErr: []string{`"affinity"`, "not a Kubernetes Affinity"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := decodeSettings(map[string]any{"affinity": c.text})
+			if c.wantErr != nil {
+				if err == nil {
+					t.Fatalf("decodeSettings = nil; want an error containing %q", c.wantErr)
+				}
+				for _, w := range c.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("decodeSettings: %v; want it to contain %q", err, w)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (cfg.affinity == nil) != (c.check == nil) || (c.check != nil && !c.check(cfg.affinity)) {
+				t.Errorf("affinity %+v", cfg.affinity)
+			}
+		})
+	}
+}
+
+// TestAffinityHelpExample checks that the example the help text gives
+// is one the setting accepts.
+func TestAffinityHelpExample(t *testing.T) {
+	info, err := New().Info(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range info.Config {
+		if f.Name != "affinity" {
+			continue
+		}
+		for _, w := range []string{"JSON or YAML", "nodeAffinity", "podAffinity", "podAntiAffinity"} {
+			if !strings.Contains(f.Description, w) {
+				t.Errorf("the help of \"affinity\" does not say %q: %s", w, f.Description)
+			}
+		}
+		_, example, ok := strings.Cut(f.Description, "e.g. ")
+		example, _, _ = strings.Cut(example, "; ")
+		if !ok || strings.Contains(example, "\n") {
+			t.Fatalf("no one-line example in the help of \"affinity\": %s", f.Description)
+		}
+		if a, err := parseAffinity(example); err != nil || a == nil {
+			t.Errorf("the example %s: %v, %v", example, a, err)
+		}
+		return
+	}
+	t.Error("no setting \"affinity\"")
+}
+
+func TestSettingsRunAs(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		raw         map[string]any
+		user, group int64
+		wantErr     string
+	}{
+		{name: "default", raw: map[string]any{}, user: -1, group: -1},
+		{name: "both", raw: map[string]any{"run_as_user": 1234, "run_as_group": 2345}, user: 1234, group: 2345},
+		{name: "root", raw: map[string]any{"run_as_user": 0, "run_as_group": 0}, user: 0, group: 0},
+		{name: "from a flag", raw: map[string]any{"run_as_user": "1000"}, user: 1000, group: -1},
+		{name: "image's, said", raw: map[string]any{"run_as_user": -1, "run_as_group": int64(-1)}, user: -1, group: -1},
+		{name: "largest", raw: map[string]any{"run_as_group": int64(1<<31 - 1)}, user: -1, group: 1<<31 - 1},
+		{name: "negative user", raw: map[string]any{"run_as_user": -2}, wantErr: `setting "run_as_user": -2 is not an ID`},
+		{name: "negative group", raw: map[string]any{"run_as_group": int64(-1000)}, wantErr: `setting "run_as_group": -1000 is not an ID`},
+		{name: "too large", raw: map[string]any{"run_as_user": int64(1 << 31)}, wantErr: `setting "run_as_user": 2147483648 is above`},
+		{name: "not a number", raw: map[string]any{"run_as_group": "staff"}, wantErr: `"run_as_group"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := decodeSettings(c.raw)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Errorf("decodeSettings(%v) = %v; want an error containing %q", c.raw, err, c.wantErr)
+				}
+				return
+			}
+			if err != nil || cfg.RunAsUser != c.user || cfg.RunAsGroup != c.group {
+				t.Errorf("decodeSettings(%v): user %d, group %d, %v; want %d, %d", c.raw, cfg.RunAsUser, cfg.RunAsGroup, err, c.user, c.group)
+			}
+		})
+	}
+}
+
+func TestPodSpecAffinityAndRunAs(t *testing.T) {
+	ptr := func(p *int64) string {
+		if p == nil {
+			return "unset"
+		}
+		return strconv.FormatInt(*p, 10)
+	}
+	for _, c := range []struct {
+		name            string
+		raw             map[string]any
+		user, group     string // "unset" or the ID
+		affinityTopoKey string // "": no affinity
+	}{
+		{name: "defaults", raw: map[string]any{}},
+		{name: "user", raw: map[string]any{"run_as_user": 1234}, user: "1234", group: "unset"},
+		{name: "group", raw: map[string]any{"run_as_group": 2345}, user: "unset", group: "2345"},
+		{name: "root", raw: map[string]any{"run_as_user": 0, "run_as_group": 0}, user: "0", group: "0"},
+		{name: "affinity", raw: map[string]any{"affinity": "podAffinity:\n  requiredDuringSchedulingIgnoredDuringExecution:\n  - topologyKey: zone\n"}, affinityTopoKey: "zone"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := decodeSettings(c.raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod, err := podSpec(cfg, sdk.Job{ID: "1", Image: sdk.Image{Name: "busybox"}}, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			sc := pod.Spec.SecurityContext
+			switch {
+			case c.user == "" && sc != nil:
+				t.Errorf("securityContext %+v; want none", sc)
+			case c.user != "" && sc == nil:
+				t.Errorf("no securityContext; want user %s, group %s", c.user, c.group)
+			case sc != nil && (ptr(sc.RunAsUser) != c.user || ptr(sc.RunAsGroup) != c.group):
+				t.Errorf("securityContext user %s, group %s; want %s, %s", ptr(sc.RunAsUser), ptr(sc.RunAsGroup), c.user, c.group)
+			case sc != nil && sc.FSGroup != nil:
+				t.Errorf("fsGroup %d; want none", *sc.FSGroup)
+			}
+			for _, ct := range pod.Spec.Containers {
+				if ct.SecurityContext != nil && (ct.SecurityContext.RunAsUser != nil || ct.SecurityContext.RunAsGroup != nil) {
+					t.Errorf("container %s overrides the pod's user or group: %+v", ct.Name, ct.SecurityContext)
+				}
+			}
+			a := pod.Spec.Affinity
+			switch {
+			case c.affinityTopoKey == "" && a != nil:
+				t.Errorf("affinity %+v; want none", a)
+			case c.affinityTopoKey != "" && (a == nil || a.PodAffinity.RequiredDuringSchedulingIgnoredDuringExecution[0].TopologyKey != c.affinityTopoKey):
+				t.Errorf("affinity %+v; want the setting's", a)
+			case a != nil && a == cfg.affinity:
+				t.Error("the pod shares the settings' affinity; want a copy")
+			}
+		})
+	}
+}
+
+func TestPodSpecPullSecrets(t *testing.T) {
+	login := sdk.Credential{Registry: "registry.example.com", Username: "u", Password: "p"}
+	for _, c := range []struct {
+		name       string
+		configured []string
+		creds      []sdk.Credential
+		want       []string // "JOB": the job's pull Secret
+	}{
+		{name: "none", want: nil},
+		{name: "configured only", configured: []string{"regcred", "other"}, want: []string{"regcred", "other"}},
+		{name: "job only", creds: []sdk.Credential{login}, want: []string{"JOB"}},
+		{name: "both, the job's last", configured: []string{"regcred"}, creds: []sdk.Credential{login}, want: []string{"regcred", "JOB"}},
+		{name: "login without user or password", creds: []sdk.Credential{{Registry: "registry.example.com"}}, want: nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := decodeSettings(map[string]any{"image_pull_secrets": c.configured})
+			if err != nil {
+				t.Fatal(err)
+			}
+			job := sdk.Job{ID: "Job #7", Image: sdk.Image{Name: "busybox"}, Credentials: c.creds}
+			pod, err := podSpec(cfg, job, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, r := range pod.Spec.ImagePullSecrets {
+				if r.Name == pullSecretName(job.ID) {
+					r.Name = "JOB"
+				}
+				got = append(got, r.Name)
+			}
+			if strings.Join(got, ",") != strings.Join(c.want, ",") {
+				t.Errorf("imagePullSecrets %v; want %v", got, c.want)
+			}
+		})
 	}
 }
