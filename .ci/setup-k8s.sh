@@ -9,20 +9,17 @@
 #
 # The binaries take 20-30 minutes to build cold: the first run on a machine
 # pays it, later runs reuse the cache. BERTH_CI_K8S_BUILD=0 skips the build
-# (the cluster tests then skip with a message).
+# (the cluster tests then skip with a message); BERTH_CI_K8S=0 skips the
+# cluster altogether.
 #
-# Idempotent: a second run finds the cluster answering and does nothing.
+# Idempotent: a second run finds the cluster running and starts nothing.
 # The cluster's processes log to $BERTH_K8S_BUILD/cluster/log; stop them
 # with: BUILD=$BERTH_K8S_BUILD test/k8s/cluster.sh down
 
 berth_k8s_setup() {
   local build=${BERTH_K8S_BUILD:-/var/cache/berth-test/k8s}
-  # Opt-in until the open kubernetes issue is finished: in one full CI run
-  # the 100 MiB conformance stream over exec (WebSocket through the API
-  # server) broke with "close 1006" while every package's tests ran at
-  # once; alone it passes. BERTH_CI_K8S=1 turns the cluster tests on.
-  if [ "${BERTH_CI_K8S:-0}" != 1 ]; then
-    echo "setup-k8s: skipped (BERTH_CI_K8S=1 brings the test cluster up for the kubernetes executor's tests)"
+  if [ "${BERTH_CI_K8S:-1}" = 0 ]; then
+    echo "setup-k8s: skipped (BERTH_CI_K8S=0); the kubernetes executor's and deploy/kubernetes' cluster tests will skip"
     return 0
   fi
   local script=test/k8s/cluster.sh pkgs=() p b missing=0
@@ -30,10 +27,10 @@ berth_k8s_setup() {
     [ -x "$build/bin/$b" ] || missing=1
   done
   if [ "$missing" = 1 ] && [ "${BERTH_CI_K8S_BUILD:-1}" = 0 ]; then
-    echo "setup-k8s: no Kubernetes binaries in $build/bin and BERTH_CI_K8S_BUILD=0; the kubernetes executor's cluster tests will skip"
+    echo "setup-k8s: no Kubernetes binaries in $build/bin and BERTH_CI_K8S_BUILD=0; the cluster tests will skip"
     return 0
   fi
-  for p in containerd runc etcd-server containernetworking-plugins openssl busybox-static gcc libc6-dev curl bc iproute2; do
+  for p in containerd runc etcd-server containernetworking-plugins openssl busybox-static gcc libc6-dev curl bc iproute2 iptables ca-certificates; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || pkgs+=("$p")
   done
   if [ ${#pkgs[@]} -gt 0 ]; then
@@ -48,13 +45,14 @@ berth_k8s_setup() {
       return 1
     }
   fi
-  if ! BUILD=$build bash "$script" status; then
-    echo "setup-k8s: starting the test cluster (logs: $build/cluster/log)"
-    BUILD=$build bash "$script" up || {
-      echo "setup-k8s: the cluster did not come up; see $build/cluster/log" >&2
-      return 1
-    }
-  fi
+  # `up` starts only what is not running, and re-applies what a cluster
+  # started by an older script may lack (the pod bridge, the API service NAT,
+  # the images).
+  echo "setup-k8s: bringing the test cluster up (logs: $build/cluster/log)"
+  BUILD=$build bash "$script" up || {
+    echo "setup-k8s: the cluster did not come up; see $build/cluster/log" >&2
+    return 1
+  }
   export KUBECONFIG=$build/cluster/admin.kubeconfig
   echo "setup-k8s: cluster up, KUBECONFIG=$KUBECONFIG"
 }

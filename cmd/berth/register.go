@@ -7,11 +7,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -476,4 +478,17 @@ func listCommand(ctx context.Context, args []string, stdout, stderr io.Writer) e
 // config.toml.
 func systemIDFor(cfgPath string) (string, error) {
 	return gitlab.LoadSystemID(filepath.Join(filepath.Dir(cfgPath), gitlab.SystemIDFile))
+}
+
+// serviceSystemID is systemIDFor for berth run: when config.toml's folder
+// cannot be written (a read-only mount, as of a Kubernetes Secret), the ID
+// is kept in the working directory instead, so it lives as long as that.
+func serviceSystemID(cfgPath, work string, log *slog.Logger) (string, error) {
+	id, err := systemIDFor(cfgPath)
+	if err == nil || !(errors.Is(err, syscall.EROFS) || errors.Is(err, fs.ErrPermission)) {
+		return id, err
+	}
+	alt := filepath.Join(work, ".berth", gitlab.SystemIDFile)
+	log.Info("the folder of the config file is read-only; keeping the runner system ID in the working directory", "config", cfgPath, "system_id_file", alt)
+	return gitlab.LoadSystemID(alt)
 }

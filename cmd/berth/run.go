@@ -199,7 +199,7 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	systemID, err := systemIDFor(*cfgPath)
+	systemID, err := serviceSystemID(*cfgPath, work, log)
 	if err != nil {
 		return err
 	}

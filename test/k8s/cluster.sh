@@ -7,6 +7,10 @@
 #   test/k8s/cluster.sh up       start the cluster (idempotent) and wait for the node
 #   test/k8s/cluster.sh status   exit 0 when the cluster answers
 #   test/k8s/cluster.sh down     stop what `up` started and remove its state
+#   test/k8s/cluster.sh import F…  import image archives (docker-archive or OCI
+#                                tar) into the cluster's containerd
+#   test/k8s/cluster.sh gateway  print the address at which pods reach this
+#                                host (the pod bridge's own address)
 #
 # After `up`: export KUBECONFIG=$BUILD/cluster/admin.kubeconfig
 #
@@ -14,13 +18,15 @@
 # Kubernetes $K8S_VERSION built from the Go module proxy, a containerd
 # instance of its own (socket /run/k8s-containerd/containerd.sock; a docker
 # daemon on the machine keeps its own), bridge CNI on 10.244.0.0/24, no
-# kube-proxy and no DNS (the executor needs neither). No registry: the
+# kube-proxy and no DNS (the executor needs neither); in their place one NAT
+# rule sends the `kubernetes` service's address to the API server, so that
+# pods using the in-cluster configuration reach it. No registry: the
 # images busybox:local (Debian's busybox-static), busybox-bash:local (plus
 # bash and its libraries) and busybox-notar:local (bash as sh, no tar) are
 # built here and imported into containerd.
 #
 # Debian packages: containerd runc etcd-server containernetworking-plugins
-# openssl busybox-static gcc libc6-dev curl bc iproute2 (and Go >= 1.26).
+# openssl busybox-static gcc libc6-dev curl bc iproute2 iptables (and Go >= 1.26).
 #
 # Facts this script relies on (found on Debian 12 without systemd, cgroup v1):
 #   - root may lack CAP_SYS_RESOURCE, so runc cannot lower oom_score_adj:
@@ -45,10 +51,14 @@ RUNDIR=/run/k8s-containerd
 SERVICE_CIDR=10.96.0.0/16
 POD_CIDR=10.244.0.0/24
 BRIDGE=k8stest0
+GATEWAY=10.244.0.1
+API_SERVICE_IP=10.96.0.1
+NAT_CHAIN=BERTH-K8S-SVC
 PAUSE=registry.k8s.io/pause:3.10
 SYSCTLS="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops"
 COMPONENTS="kube-apiserver kubelet kube-scheduler kube-controller-manager kubectl"
 export KUBECONFIG=$BASE/admin.kubeconfig
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 
 say() { printf '[%s] cluster.sh: %s\n' "$(date +%T)" "$*" >&2; }
 die() { say "$*"; exit 1; }
@@ -171,20 +181,9 @@ pki() {
 
 # ---- images ---------------------------------------------------------------
 
-# image_tar OUT TAG ROOTFS ENTRYPOINT_JSON [USER]: a docker-archive with one
-# layer, the format `ctr images import` reads.
-image_tar() {
-  local tmp; tmp=$(mktemp -d)
-  tar -C "$3" --owner=0 --group=0 --numeric-owner -cf "$tmp/layer.tar" .
-  local layer; layer=$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)
-  printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":%s,"User":"%s","Env":["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-    "$4" "${5:-}" "$layer" >"$tmp/config.json"
-  local cfg; cfg=$(sha256sum "$tmp/config.json" | cut -d' ' -f1)
-  mv "$tmp/config.json" "$tmp/$cfg.json"
-  printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$cfg" "$2" >"$tmp/manifest.json"
-  tar -C "$tmp" -cf "$1" manifest.json "$cfg.json" layer.tar
-  rm -rf "$tmp"
-}
+# image_tar OUT TAG ROOTFS ENTRYPOINT_JSON [USER]: an image archive
+# `ctr images import` reads (the project's one image writer).
+image_tar() { bash "$REPO/deploy/image-archive.sh" "$@"; }
 
 busybox_root() {
   [ -x /bin/busybox ] && ! file_is_dynamic /bin/busybox || die "/bin/busybox is missing or dynamic: apt-get install busybox-static"
@@ -434,6 +433,41 @@ EOF
     --root-dir="$BASE/kubelet-root" --hostname-override="$NODE" --node-ip="$(node_ip)" --v=1
 }
 
+# bridge: the pod bridge with its gateway address, made before the first
+# pod so that tests can listen on the gateway (the bridge CNI plugin takes
+# it as it is).
+bridge() {
+  ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
+  ip -4 addr show dev "$BRIDGE" | grep -q " $GATEWAY/" || ip addr add "$GATEWAY/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+}
+
+# service_nat: what kube-proxy would do for the one service pods need, the
+# API server's (https://$API_SERVICE_IP:443, in every pod's environment).
+service_nat() {
+  command -v iptables >/dev/null || die "iptables is missing: apt-get install iptables"
+  iptables -t nat -N "$NAT_CHAIN" 2>/dev/null || iptables -t nat -F "$NAT_CHAIN"
+  iptables -t nat -A "$NAT_CHAIN" -d "$API_SERVICE_IP/32" -p tcp --dport 443 -j DNAT --to-destination "$(node_ip):6443"
+  iptables -t nat -C PREROUTING -j "$NAT_CHAIN" 2>/dev/null || iptables -t nat -I PREROUTING -j "$NAT_CHAIN"
+}
+
+service_nat_off() {
+  command -v iptables >/dev/null || return 0
+  while iptables -t nat -D PREROUTING -j "$NAT_CHAIN" 2>/dev/null; do :; done
+  iptables -t nat -F "$NAT_CHAIN" 2>/dev/null || true
+  iptables -t nat -X "$NAT_CHAIN" 2>/dev/null || true
+}
+
+import_images() {
+  [ $# -gt 0 ] || die "usage: $0 import IMAGE.tar…"
+  [ -S "$SOCK" ] || die "the cluster's containerd is not running ($SOCK): run $0 up"
+  local ctr f; ctr=$(ctr_bin)
+  for f in "$@"; do
+    "$ctr" -a "$SOCK" -n k8s.io images import --all-platforms "$f" >/dev/null || die "importing $f failed"
+    say "imported $f"
+  done
+}
+
 status() {
   [ -f "$KUBECONFIG" ] && [ -x "$KUBECTL" ] && "$KUBECTL" get --raw=/readyz >/dev/null 2>&1 &&
     "$KUBECTL" get node "$NODE" >/dev/null 2>&1
@@ -446,6 +480,8 @@ up() {
   done
   mkdir -p "$BASE"
   pki
+  bridge
+  service_nat
   start_containerd
   images
   start_etcd
@@ -483,6 +519,7 @@ down() {
     umount -l "$m" 2>/dev/null || true
   done
   ip link del "$BRIDGE" 2>/dev/null || true
+  service_nat_off
   if [ -f "$BASE/sysctl.saved" ]; then
     # shellcheck disable=SC2046
     sysctl -q -w $(cat "$BASE/sysctl.saved") && rm -f "$BASE/sysctl.saved"
@@ -497,8 +534,13 @@ build) build ;;
 up) up ;;
 status) status ;;
 down) down ;;
+import)
+  shift
+  import_images "$@"
+  ;;
+gateway) echo "$GATEWAY" ;;
 *)
-  echo "usage: $0 build|up|status|down   (BUILD=$BUILD)" >&2
+  echo "usage: $0 build|up|status|down|import FILE…|gateway   (BUILD=$BUILD)" >&2
   exit 2
   ;;
 esac

@@ -23,6 +23,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -174,13 +175,27 @@ type Server struct {
 }
 
 // New starts a coordinator on 127.0.0.1; it stops when the test ends.
-func New(t testing.TB) *Server {
+func New(t testing.TB) *Server { return NewAt(t, "") }
+
+// NewAt starts a coordinator listening on addr (host:port; "" for a free
+// port of 127.0.0.1): for clients that cannot reach the host's loopback,
+// such as pods of a test cluster, give an address of a network the test
+// made. It stops when the test ends.
+func NewAt(t testing.TB, addr string) *Server {
 	s := &Server{
 		t: t, jobs: map[int64]*Job{}, nextID: 1000, changed: make(chan struct{}),
 		runners: map[string]*Runner{}, registrationToken: "GR1348941reg-token", longPoll: 2 * time.Second,
 		interval: "1", gitRoot: t.TempDir(), repos: map[string]*Repo{},
 	}
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	if addr != "" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatalf("gitlabtest: listening on %s: %v", addr, err)
+		}
+		s.srv.Listener.Close()
+		s.srv.Listener = ln
+	}
 	s.srv.Start()
 	s.URL = s.srv.URL
 	t.Cleanup(func() {
