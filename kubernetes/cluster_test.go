@@ -178,37 +178,63 @@ done
 	}
 }
 
-func TestCancelLeavesNoPod(t *testing.T) {
-	e, cs := testExecutor(t, nil)
-	h := prepare(t, e, sdk.Job{})
-	st, err := decodeState(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(t.Context())
-	var stdout, stderr syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		_, err := e.Run(ctx, h, sdk.Step{Name: "script", Script: "echo started\nsleep 300\n", Shell: "sh", GracePeriod: time.Second}, sdk.Output{Stdout: &stdout, Stderr: &stderr})
-		done <- err
-	}()
-	for !strings.Contains(stdout.String(), "started") {
-		select {
-		case err := <-done:
-			t.Fatalf("Run ended before the cancel: %v (stderr %q)", err, stderr.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-	cancel()
-	if err := <-done; err == nil {
-		t.Error("a cancelled Run returned no error")
-	}
-	if err := e.Cleanup(t.Context(), h); err != nil {
-		t.Fatalf("Cleanup: %v", err)
-	}
-	_, err = cs.CoreV1().Pods(st.Namespace).Get(t.Context(), st.Pod, metav1.GetOptions{})
-	if !apierrors.IsNotFound(err) {
-		t.Errorf("pod %s after Cleanup: %v; want it gone", st.Pod, err)
+// TestCancelAndTimeoutLeaveNothing: a step stopped by a cancel or by its
+// timeout (the SDK's server turns Step.Timeout into the context's
+// deadline, as here) ends in an error, and Cleanup leaves neither the pod
+// nor the job's pull Secret, as the API server tells.
+func TestCancelAndTimeoutLeaveNothing(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		stop func(ctx context.Context, started func() bool) (context.Context, context.CancelFunc)
+	}{
+		{"cancel", func(ctx context.Context, started func() bool) (context.Context, context.CancelFunc) {
+			ctx, cancel := context.WithCancel(ctx)
+			go func() {
+				for !started() && ctx.Err() == nil {
+					time.Sleep(50 * time.Millisecond)
+				}
+				cancel()
+			}()
+			return ctx, cancel
+		}},
+		{"timeout", func(ctx context.Context, _ func() bool) (context.Context, context.CancelFunc) {
+			return context.WithTimeout(ctx, 8*time.Second)
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e, cs := testExecutor(t, nil)
+			h := prepare(t, e, credentialJob(t, "registry.invalid"))
+			st, err := decodeState(h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Secret == "" {
+				t.Fatal("a job with registry logins has no pull Secret in its handle")
+			}
+			if _, err := cs.CoreV1().Secrets(st.Namespace).Get(t.Context(), st.Secret, metav1.GetOptions{}); err != nil {
+				t.Fatalf("the job's pull Secret while it runs: %v", err)
+			}
+			var stdout, stderr syncBuffer
+			ctx, cancel := tt.stop(t.Context(), func() bool { return strings.Contains(stdout.String(), "started") })
+			defer cancel()
+			_, err = e.Run(ctx, h, sdk.Step{Name: "script", Script: "echo started\nsleep 300\n", Shell: "sh", GracePeriod: time.Second}, sdk.Output{Stdout: &stdout, Stderr: &stderr})
+			if err == nil {
+				t.Errorf("a stopped Run returned no error (stdout %q, stderr %q)", stdout.String(), stderr.String())
+			}
+			if tt.name == "cancel" && !strings.Contains(stdout.String(), "started") {
+				t.Errorf("the step did not start before it was stopped: stdout %q, stderr %q, %v", stdout.String(), stderr.String(), err)
+			}
+			if err := e.Cleanup(t.Context(), h); err != nil {
+				t.Fatalf("Cleanup: %v", err)
+			}
+			if _, err := cs.CoreV1().Pods(st.Namespace).Get(t.Context(), st.Pod, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				t.Errorf("pod %s after Cleanup: %v; want it gone", st.Pod, err)
+			}
+			if _, err := cs.CoreV1().Secrets(st.Namespace).Get(t.Context(), st.Secret, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				t.Errorf("Secret %s after Cleanup: %v; want it gone", st.Secret, err)
+			}
+		})
 	}
 }
 
