@@ -378,6 +378,23 @@ func TestOutOfMemoryIsNamed(t *testing.T) {
 	}
 }
 
+// TestEvictionIsNamed: kubelet evicts a pod that writes past its
+// ephemeral storage limit (a real eviction, by the node's eviction
+// manager); the running step fails naming the eviction, not a lost exec.
+func TestEvictionIsNamed(t *testing.T) {
+	e, _ := testExecutor(t, map[string]any{"ephemeral_storage_limit": "8m"})
+	h := prepare(t, e, sdk.Job{})
+	// Into the container's writable layer: kubelet reads its size from
+	// containerd every few seconds (an emptyDir's only every minute).
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	code, stdout, stderr, err := run(t, ctx, e, h, "head -c 40m /dev/zero >/tmp/fill\necho written\nsleep 600\n")
+	if err == nil || !strings.Contains(err.Error(), "evicted") || ctx.Err() != nil {
+		t.Errorf("Run = %d, %v; stdout %q, stderr %q; want an error saying the pod was evicted", code, err, stdout, stderr)
+	}
+	t.Logf("Run: %v", err)
+}
+
 func TestRunAsUserAndGroup(t *testing.T) {
 	e, _ := testExecutor(t, map[string]any{"run_as_user": 1234, "run_as_group": 2345})
 	// The service serves the IDs it runs with: the pod-level

@@ -88,8 +88,10 @@ var errUnsafeEntry = errors.New("refused")
 // fileResult words the end of a file transfer.
 func (e *Executor) fileResult(st jobState, doing string, code int, err error, stderr *bytes.Buffer) error {
 	if err != nil {
-		if perr := e.podFailure(st); perr != nil {
-			return fmt.Errorf("%s: %w", doing, perr)
+		if _, c, cerr := e.current(); cerr == nil {
+			if perr := e.podFailure(c, st, true); perr != nil {
+				return fmt.Errorf("%s: %w", doing, perr)
+			}
 		}
 		return fmt.Errorf("%s: the exec in pod %s/%s failed: %w", doing, st.Namespace, st.Pod, err)
 	}

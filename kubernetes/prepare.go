@@ -305,11 +305,11 @@ func (c *cluster) podGone(ctx context.Context, st jobState) error {
 	p, err := c.cs.CoreV1().Pods(st.Namespace).Get(ctx, st.Pod, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
-		return fmt.Errorf("the job's pod %s/%s was deleted", st.Namespace, st.Pod)
+		return fmt.Errorf("the job's pod %s/%s was deleted%s", st.Namespace, st.Pod, c.evicted(ctx, st, nil))
 	case err != nil:
 		return nil
 	case p.DeletionTimestamp != nil:
-		return fmt.Errorf("the job's pod %s/%s is being deleted", st.Namespace, st.Pod)
+		return fmt.Errorf("the job's pod %s/%s is being deleted%s", st.Namespace, st.Pod, c.evicted(ctx, st, p))
 	}
 	for _, cs := range p.Status.ContainerStatuses {
 		if cs.Name == buildContainer && cs.LastTerminationState.Terminated != nil && cs.LastTerminationState.Terminated.Reason == "OOMKilled" {
@@ -317,7 +317,39 @@ func (c *cluster) podGone(ctx context.Context, st jobState) error {
 		}
 	}
 	if err := podEnded(p); err != nil {
+		if why := c.evicted(ctx, st, p); why != "" && p.Status.Reason != "Evicted" {
+			return fmt.Errorf("the job's pod %s/%s was evicted%s", st.Namespace, st.Pod, why)
+		}
 		return fmt.Errorf("the job's pod %s/%s: %w", st.Namespace, st.Pod, err)
 	}
 	return nil
+}
+
+// evicted says why the pod was evicted or preempted (", by …: reason"), or
+// "" when it was not. The pod's DisruptionTarget condition tells for an
+// eviction through the API (a node drain) or a preemption; kubelet's own
+// evictions (node pressure, a storage limit) are only sure to show in the
+// pod's events: kubelet kills the containers, and the pod may then end up
+// Succeeded with no reason in its status.
+func (c *cluster) evicted(ctx context.Context, st jobState, p *corev1.Pod) string {
+	if p != nil {
+		for _, cond := range p.Status.Conditions {
+			if cond.Type == corev1.DisruptionTarget && cond.Status == corev1.ConditionTrue {
+				return fmt.Sprintf(" (%s: %s)", cond.Reason, strings.TrimSpace(cond.Message))
+			}
+		}
+	}
+	set := fields.Set{"involvedObject.kind": "Pod", "involvedObject.name": st.Pod, "reason": "Evicted"}
+	if p != nil {
+		// Not an earlier pod of the same name (a retried Prepare).
+		set["involvedObject.uid"] = string(p.UID)
+	}
+	sel := set.AsSelector().String()
+	events, err := c.cs.CoreV1().Events(st.Namespace).List(ctx, metav1.ListOptions{FieldSelector: sel})
+	if err != nil || len(events.Items) == 0 {
+		// Without the right to read events, the pod's status is all there is.
+		return ""
+	}
+	ev := events.Items[len(events.Items)-1]
+	return fmt.Sprintf(" by %s: %s", ev.Source.Component, strings.TrimSpace(ev.Message))
 }

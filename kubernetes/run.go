@@ -20,6 +20,9 @@ const (
 	// controlTimeout bounds each API call made to stop a step or to look
 	// at the pod, which run after the step's context has ended.
 	controlTimeout = 30 * time.Second
+	// settleWait is how long a step whose container died waits for the
+	// pod's status to say why (eviction, deletion, out of memory).
+	settleWait = 30 * time.Second
 )
 
 // oomHint ends the wrapper's line about a step the kernel killed for lack
@@ -84,9 +87,9 @@ func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk
 		}
 	}
 	if res.err != nil || res.code != 0 {
-		// The pod may be why the exec ended: a deleted pod's container
-		// is killed, and its exec reports 137.
-		if perr := e.podFailure(st); perr != nil {
+		// The pod may be why the exec ended: a deleted or evicted pod's
+		// container is killed, and its exec reports 137 or breaks.
+		if perr := e.podFailure(c, st, res.err != nil || res.code >= 128); perr != nil {
 			return -1, fmt.Errorf("%s: %w", doing, perr)
 		}
 	}
@@ -143,14 +146,38 @@ func (e *Executor) signal(c *cluster, st jobState, sig, pidFile string) {
 
 // podFailure reads the pod back and describes why it no longer runs steps
 // (nil when it still does, or when it cannot be read).
-func (e *Executor) podFailure(st jobState) error {
-	_, c, err := e.current()
-	if err != nil {
-		return nil
-	}
+//
+// With killed set (the exec broke, or the step died of a signal), a pod
+// that still looks fine is asked whether its build container runs: kubelet
+// kills an evicted pod's containers before it writes why into the pod's
+// status, so the reason is waited for (up to settleWait) when it does not.
+func (e *Executor) podFailure(c *cluster, st jobState, killed bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
 	defer cancel()
-	return c.podGone(ctx, st)
+	if err := c.podGone(ctx, st); err != nil || !killed {
+		return err
+	}
+	code, probeErr := c.exec(ctx, st.Namespace, st.Pod, buildContainer, []string{"true"}, execIO{stdout: io.Discard})
+	if probeErr == nil && code == 0 {
+		return nil
+	}
+	wait, stopWait := context.WithTimeout(context.Background(), settleWait)
+	defer stopWait()
+	tick := time.NewTicker(500 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if err := c.podGone(wait, st); err != nil {
+			return err
+		}
+		select {
+		case <-wait.Done():
+			if probeErr == nil {
+				probeErr = fmt.Errorf("a command in it exited %d", code)
+			}
+			return fmt.Errorf("the build container of pod %s/%s no longer runs commands (%v), and the pod does not say why after %s", st.Namespace, st.Pod, probeErr, settleWait)
+		case <-tick.C:
+		}
+	}
 }
 
 func randomID() string {

@@ -29,34 +29,38 @@ const (
 
 // settings are the executor's settings ([runners.kubernetes] in config.toml).
 type settings struct {
-	Host                 string            `mapstructure:"host" help:"API server URL; replaces the server of the kubeconfig (empty: the kubeconfig's, or the in-cluster configuration when berth runs in a pod)"`
-	Kubeconfig           string            `mapstructure:"kubeconfig" help:"kubeconfig file; empty: $KUBECONFIG, else ~/.kube/config, else the in-cluster configuration"`
-	Context              string            `mapstructure:"context" help:"kubeconfig context to use; empty: the current context"`
-	Namespace            string            `mapstructure:"namespace" help:"namespace the job pods are created in"`
-	Image                string            `mapstructure:"image" help:"image for jobs that name none"`
-	PullPolicy           string            `mapstructure:"pull_policy" help:"image pull policy: always, if-not-present or never (a job's own pull_policy replaces it)"`
-	ImagePullSecrets     []string          `mapstructure:"image_pull_secrets" help:"names of Secrets of the namespace used to pull images"`
-	ServiceAccount       string            `mapstructure:"service_account" help:"service account of the job pods; empty: the namespace's default"`
-	CPURequest           string            `mapstructure:"cpu_request" help:"CPU request of the build container (Kubernetes quantity: 500m, 1.5)"`
-	CPULimit             string            `mapstructure:"cpu_limit" help:"CPU limit of the build container (Kubernetes quantity: 500m, 2)"`
-	MemoryRequest        sdk.Size          `mapstructure:"memory_request" help:"memory request of the build container (e.g. 256m, 1g); 0: none"`
-	MemoryLimit          sdk.Size          `mapstructure:"memory_limit" help:"memory limit of the build container (e.g. 512m, 2g); 0: none"`
-	ServiceCPURequest    string            `mapstructure:"service_cpu_request" help:"CPU request of each service container (Kubernetes quantity)"`
-	ServiceCPULimit      string            `mapstructure:"service_cpu_limit" help:"CPU limit of each service container (Kubernetes quantity)"`
-	ServiceMemoryRequest sdk.Size          `mapstructure:"service_memory_request" help:"memory request of each service container; 0: none"`
-	ServiceMemoryLimit   sdk.Size          `mapstructure:"service_memory_limit" help:"memory limit of each service container; 0: none"`
-	NodeSelector         map[string]string `mapstructure:"node_selector" help:"node labels a job pod must be scheduled on (key=value,…)"`
-	Tolerations          map[string]string `mapstructure:"tolerations" help:"taints job pods tolerate: KEY or KEY=VALUE mapped to an effect (NoSchedule, PreferNoSchedule, NoExecute; empty: any)"`
-	PodLabels            map[string]string `mapstructure:"pod_labels" help:"extra labels of job pods"`
-	PodAnnotations       map[string]string `mapstructure:"pod_annotations" help:"extra annotations of job pods"`
-	Privileged           bool              `mapstructure:"privileged" help:"run the build and service containers privileged"`
-	PollTimeout          time.Duration     `mapstructure:"poll_timeout" help:"how long a job pod may take to be scheduled and have its containers running"`
-	CleanupGracePeriod   time.Duration     `mapstructure:"cleanup_grace_period" help:"grace period of a job pod when it is deleted; 0: killed at once"`
-	BuildsDir            string            `mapstructure:"builds_dir" help:"where the build volume (an emptyDir) is mounted; a job's build directory is below it"`
-	RunnerName           string            `mapstructure:"runner_name" help:"value of the runner label; at start, pods and registry Secrets of this runner past their expiry are deleted"`
-	Affinity             string            `mapstructure:"affinity" help:"affinity of the job pods: a Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity, in Kubernetes' field names) as JSON or YAML, e.g. {\"nodeAffinity\":{\"requiredDuringSchedulingIgnoredDuringExecution\":{\"nodeSelectorTerms\":[{\"matchExpressions\":[{\"key\":\"pool\",\"operator\":\"In\",\"values\":[\"ci\"]}]}]}}}; empty: none"`
-	RunAsUser            int64             `mapstructure:"run_as_user" help:"user ID the build and service containers run as (the pod's securityContext.runAsUser); -1: the image's user. The build volume is an emptyDir, writable by any user, so no fsGroup is set"`
-	RunAsGroup           int64             `mapstructure:"run_as_group" help:"group ID the build and service containers run as (the pod's securityContext.runAsGroup); -1: the image's group"`
+	Host                           string            `mapstructure:"host" help:"API server URL; replaces the server of the kubeconfig (empty: the kubeconfig's, or the in-cluster configuration when berth runs in a pod)"`
+	Kubeconfig                     string            `mapstructure:"kubeconfig" help:"kubeconfig file; empty: $KUBECONFIG, else ~/.kube/config, else the in-cluster configuration"`
+	Context                        string            `mapstructure:"context" help:"kubeconfig context to use; empty: the current context"`
+	Namespace                      string            `mapstructure:"namespace" help:"namespace the job pods are created in"`
+	Image                          string            `mapstructure:"image" help:"image for jobs that name none"`
+	PullPolicy                     string            `mapstructure:"pull_policy" help:"image pull policy: always, if-not-present or never (a job's own pull_policy replaces it)"`
+	ImagePullSecrets               []string          `mapstructure:"image_pull_secrets" help:"names of Secrets of the namespace used to pull images"`
+	ServiceAccount                 string            `mapstructure:"service_account" help:"service account of the job pods; empty: the namespace's default"`
+	CPURequest                     string            `mapstructure:"cpu_request" help:"CPU request of the build container (Kubernetes quantity: 500m, 1.5)"`
+	CPULimit                       string            `mapstructure:"cpu_limit" help:"CPU limit of the build container (Kubernetes quantity: 500m, 2)"`
+	MemoryRequest                  sdk.Size          `mapstructure:"memory_request" help:"memory request of the build container (e.g. 256m, 1g); 0: none"`
+	MemoryLimit                    sdk.Size          `mapstructure:"memory_limit" help:"memory limit of the build container (e.g. 512m, 2g); 0: none"`
+	ServiceCPURequest              string            `mapstructure:"service_cpu_request" help:"CPU request of each service container (Kubernetes quantity)"`
+	ServiceCPULimit                string            `mapstructure:"service_cpu_limit" help:"CPU limit of each service container (Kubernetes quantity)"`
+	ServiceMemoryRequest           sdk.Size          `mapstructure:"service_memory_request" help:"memory request of each service container; 0: none"`
+	ServiceMemoryLimit             sdk.Size          `mapstructure:"service_memory_limit" help:"memory limit of each service container; 0: none"`
+	EphemeralStorageRequest        sdk.Size          `mapstructure:"ephemeral_storage_request" help:"local storage request of the build container (its writable layer, logs and the build volume; e.g. 1g); 0: none"`
+	EphemeralStorageLimit          sdk.Size          `mapstructure:"ephemeral_storage_limit" help:"local storage limit of the build container (e.g. 10g); kubelet evicts a pod past it, and the job fails naming the eviction; 0: none"`
+	ServiceEphemeralStorageRequest sdk.Size          `mapstructure:"service_ephemeral_storage_request" help:"local storage request of each service container; 0: none"`
+	ServiceEphemeralStorageLimit   sdk.Size          `mapstructure:"service_ephemeral_storage_limit" help:"local storage limit of each service container; 0: none"`
+	NodeSelector                   map[string]string `mapstructure:"node_selector" help:"node labels a job pod must be scheduled on (key=value,…)"`
+	Tolerations                    map[string]string `mapstructure:"tolerations" help:"taints job pods tolerate: KEY or KEY=VALUE mapped to an effect (NoSchedule, PreferNoSchedule, NoExecute; empty: any)"`
+	PodLabels                      map[string]string `mapstructure:"pod_labels" help:"extra labels of job pods"`
+	PodAnnotations                 map[string]string `mapstructure:"pod_annotations" help:"extra annotations of job pods"`
+	Privileged                     bool              `mapstructure:"privileged" help:"run the build and service containers privileged"`
+	PollTimeout                    time.Duration     `mapstructure:"poll_timeout" help:"how long a job pod may take to be scheduled and have its containers running"`
+	CleanupGracePeriod             time.Duration     `mapstructure:"cleanup_grace_period" help:"grace period of a job pod when it is deleted; 0: killed at once"`
+	BuildsDir                      string            `mapstructure:"builds_dir" help:"where the build volume (an emptyDir) is mounted; a job's build directory is below it"`
+	RunnerName                     string            `mapstructure:"runner_name" help:"value of the runner label; at start, pods and registry Secrets of this runner past their expiry are deleted"`
+	Affinity                       string            `mapstructure:"affinity" help:"affinity of the job pods: a Kubernetes Affinity (nodeAffinity, podAffinity, podAntiAffinity, in Kubernetes' field names) as JSON or YAML, e.g. {\"nodeAffinity\":{\"requiredDuringSchedulingIgnoredDuringExecution\":{\"nodeSelectorTerms\":[{\"matchExpressions\":[{\"key\":\"pool\",\"operator\":\"In\",\"values\":[\"ci\"]}]}]}}}; empty: none"`
+	RunAsUser                      int64             `mapstructure:"run_as_user" help:"user ID the build and service containers run as (the pod's securityContext.runAsUser); -1: the image's user. The build volume is an emptyDir, writable by any user, so no fsGroup is set"`
+	RunAsGroup                     int64             `mapstructure:"run_as_group" help:"group ID the build and service containers run as (the pod's securityContext.runAsGroup); -1: the image's group"`
 
 	// Parsed forms, filled in by decodeSettings.
 	build, service corev1.ResourceRequirements
@@ -109,10 +113,10 @@ func decodeSettings(raw map[string]any) (settings, error) {
 		}
 	}
 	var err error
-	if cfg.build, err = resources("", cfg.CPURequest, cfg.CPULimit, cfg.MemoryRequest, cfg.MemoryLimit); err != nil {
+	if cfg.build, err = resources("", cfg.CPURequest, cfg.CPULimit, cfg.MemoryRequest, cfg.MemoryLimit, cfg.EphemeralStorageRequest, cfg.EphemeralStorageLimit); err != nil {
 		errs = append(errs, err)
 	}
-	if cfg.service, err = resources("service_", cfg.ServiceCPURequest, cfg.ServiceCPULimit, cfg.ServiceMemoryRequest, cfg.ServiceMemoryLimit); err != nil {
+	if cfg.service, err = resources("service_", cfg.ServiceCPURequest, cfg.ServiceCPULimit, cfg.ServiceMemoryRequest, cfg.ServiceMemoryLimit, cfg.ServiceEphemeralStorageRequest, cfg.ServiceEphemeralStorageLimit); err != nil {
 		errs = append(errs, err)
 	}
 	for _, k := range slices.Sorted(mapKeys(cfg.Tolerations)) {
@@ -241,8 +245,9 @@ func pullPolicy(p string) (corev1.PullPolicy, bool) {
 	return "", false
 }
 
-// resources parses the cpu and memory settings with the given name prefix.
-func resources(prefix, cpuReq, cpuLim string, memReq, memLim sdk.Size) (corev1.ResourceRequirements, error) {
+// resources parses the cpu, memory and ephemeral storage settings with the
+// given name prefix.
+func resources(prefix, cpuReq, cpuLim string, memReq, memLim, storageReq, storageLim sdk.Size) (corev1.ResourceRequirements, error) {
 	var r corev1.ResourceRequirements
 	var errs []error
 	set := func(list *corev1.ResourceList, name corev1.ResourceName, q resource.Quantity) {
@@ -267,21 +272,30 @@ func resources(prefix, cpuReq, cpuLim string, memReq, memLim sdk.Size) (corev1.R
 	}
 	for _, m := range []struct {
 		key  string
+		name corev1.ResourceName
 		size sdk.Size
 		list *corev1.ResourceList
-	}{{"memory_request", memReq, &r.Requests}, {"memory_limit", memLim, &r.Limits}} {
+	}{
+		{"memory_request", corev1.ResourceMemory, memReq, &r.Requests},
+		{"memory_limit", corev1.ResourceMemory, memLim, &r.Limits},
+		{"ephemeral_storage_request", corev1.ResourceEphemeralStorage, storageReq, &r.Requests},
+		{"ephemeral_storage_limit", corev1.ResourceEphemeralStorage, storageLim, &r.Limits},
+	} {
 		switch {
 		case m.size < 0:
 			errs = append(errs, fmt.Errorf("setting %q must not be negative", prefix+m.key))
 		case m.size > 0:
-			set(m.list, corev1.ResourceMemory, *resource.NewQuantity(int64(m.size), resource.BinarySI))
+			set(m.list, m.name, *resource.NewQuantity(int64(m.size), resource.BinarySI))
 		}
 	}
-	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
-		req, okReq := r.Requests[name]
-		lim, okLim := r.Limits[name]
+	for _, res := range []struct {
+		name corev1.ResourceName
+		key  string
+	}{{corev1.ResourceCPU, "cpu"}, {corev1.ResourceMemory, "memory"}, {corev1.ResourceEphemeralStorage, "ephemeral_storage"}} {
+		req, okReq := r.Requests[res.name]
+		lim, okLim := r.Limits[res.name]
 		if okReq && okLim && req.Cmp(lim) > 0 {
-			errs = append(errs, fmt.Errorf("setting %q (%s) must not be above %q (%s)", prefix+string(name)+"_request", req.String(), prefix+string(name)+"_limit", lim.String()))
+			errs = append(errs, fmt.Errorf("setting %q (%s) must not be above %q (%s)", prefix+res.key+"_request", req.String(), prefix+res.key+"_limit", lim.String()))
 		}
 	}
 	return r, errors.Join(errs...)

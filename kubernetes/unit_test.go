@@ -35,6 +35,9 @@ func TestSettingsErrors(t *testing.T) {
 		{map[string]any{"cpu_limit": "lots"}, `"cpu_limit"`},
 		{map[string]any{"service_cpu_request": "-1"}, `"service_cpu_request"`},
 		{map[string]any{"memory_request": "2g", "memory_limit": "1g"}, `"memory_request"`},
+		{map[string]any{"ephemeral_storage_request": "2g", "ephemeral_storage_limit": "1g"}, `"ephemeral_storage_request"`},
+		{map[string]any{"service_ephemeral_storage_limit": "-1"}, `"service_ephemeral_storage_limit"`},
+		{map[string]any{"ephemeral_storage_limit": "a lot"}, `ephemeral_storage_limit`},
 		{map[string]any{"tolerations": map[string]any{"dedicated=ci": "Sometimes"}}, `"tolerations"`},
 		{map[string]any{"node_selector": map[string]any{"disk": "not valid!"}}, `"node_selector"`},
 		{map[string]any{"pod_labels": map[string]any{"bad key!": "x"}}, `"pod_labels"`},
@@ -54,8 +57,8 @@ func TestSettingsErrors(t *testing.T) {
 func TestSettingsParsed(t *testing.T) {
 	cfg, err := decodeSettings(map[string]any{
 		"cpu_request": "250m", "cpu_limit": "1.5", "memory_request": "128m", "memory_limit": "1g",
-		"service_memory_limit": "256m",
-		"tolerations":          map[string]any{"dedicated=ci": "NoSchedule", "spot": ""},
+		"service_memory_limit": "256m", "ephemeral_storage_limit": "10g", "service_ephemeral_storage_request": "1g",
+		"tolerations": map[string]any{"dedicated=ci": "NoSchedule", "spot": ""},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -68,6 +71,12 @@ func TestSettingsParsed(t *testing.T) {
 	}
 	if q := cfg.service.Limits[corev1.ResourceMemory]; q.Value() != 256<<20 {
 		t.Errorf("service memory limit %s", q.String())
+	}
+	if q := cfg.build.Limits[corev1.ResourceEphemeralStorage]; q.Value() != 10<<30 {
+		t.Errorf("ephemeral storage limit %s", q.String())
+	}
+	if q := cfg.service.Requests[corev1.ResourceEphemeralStorage]; q.Value() != 1<<30 {
+		t.Errorf("service ephemeral storage request %s", q.String())
 	}
 	want := []corev1.Toleration{
 		{Key: "dedicated", Operator: corev1.TolerationOpEqual, Value: "ci", Effect: corev1.TaintEffectNoSchedule},
@@ -90,7 +99,8 @@ func TestSchema(t *testing.T) {
 	for _, n := range []string{"host", "kubeconfig", "context", "namespace", "image", "pull_policy", "image_pull_secrets",
 		"service_account", "cpu_request", "cpu_limit", "memory_request", "memory_limit", "service_cpu_request",
 		"service_cpu_limit", "service_memory_request", "service_memory_limit", "node_selector", "tolerations",
-		"pod_labels", "pod_annotations", "privileged", "poll_timeout", "cleanup_grace_period", "affinity", "run_as_user", "run_as_group"} {
+		"pod_labels", "pod_annotations", "privileged", "poll_timeout", "cleanup_grace_period", "affinity", "run_as_user", "run_as_group",
+		"ephemeral_storage_request", "ephemeral_storage_limit", "service_ephemeral_storage_request", "service_ephemeral_storage_limit"} {
 		if !names[n] {
 			t.Errorf("setting %q missing from the schema", n)
 		}

@@ -259,6 +259,8 @@ func TestServiceAccountIsLeastPrivilege(t *testing.T) {
 		{jobsNS, "get", "pods", "log", true},
 		{jobsNS, "create", "secrets", "", true},
 		{jobsNS, "delete", "secrets", "", true},
+		{jobsNS, "list", "events", "", true},
+		{jobsNS, "create", "events", "", false},
 		{jobsNS, "create", "deployments", "", false},
 		{jobsNS, "create", "pods", "portforward", false},
 		{jobsNS, "create", "serviceaccounts", "token", false},
