@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -23,6 +25,12 @@ const (
 	// settleWait is how long a step whose container died waits for the
 	// pod's status to say why (eviction, deletion, out of memory).
 	settleWait = 30 * time.Second
+	// resumeAttempts bounds how often in a row a step's output is resumed
+	// after its exec's connection broke without getting further.
+	resumeAttempts = 5
+	// outputDir, below builds_dir (on the build volume, not in memory),
+	// holds the running step's stdout, stderr and exit status.
+	outputDir = ".berth-output"
 )
 
 // oomHint ends the wrapper's line about a step the kernel killed for lack
@@ -35,9 +43,12 @@ type execResult struct {
 }
 
 // Run implements sdk.Executor. The step runs with an exec in the build
-// container under the wrapper (step.sh): the script comes on the exec's
-// stdin, stdout and stderr go to out apart, and the exit code is the
-// exec's. Cancelling ctx sends SIGTERM to the step's process group and
+// container under the wrapper (step.sh, mode start): the script comes on
+// the exec's stdin, stdout and stderr go to out apart, and the exit code is
+// the exec's. The step itself writes into files on the build volume that
+// the exec follows, so that a broken connection (API servers and proxies
+// do drop long exec streams) loses nothing: another exec resumes from the
+// bytes received. Cancelling ctx sends SIGTERM to the step's process group and
 // SIGKILL after step.GracePeriod (each through an exec of the wrapper);
 // Run returns once the step's exec has ended. A step whose pod failed
 // (evicted, deleted, out of memory) is a system failure naming the reason.
@@ -61,7 +72,8 @@ func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk
 	doing := fmt.Sprintf("step %q of job %q", step.Name, h.JobID)
 	id := randomID()
 	pidFile := stepsDir + "/" + id + ".pid"
-	cmd := stepwrap.Command("run", shell, stepsDir+"/"+id+".sh", pidFile, st.BuildDir, oomHint)
+	outBase := path.Join(path.Dir(st.BuildDir), outputDir, id)
+	cmd := stepwrap.Command("start", shell, stepsDir+"/"+id+".sh", pidFile, st.BuildDir, oomHint, strconv.Itoa(len(step.Script)), outBase)
 
 	// The stream outlives ctx: a cancel stops the step's processes, and
 	// the exit code still comes from the exec.
@@ -69,8 +81,27 @@ func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk
 	defer stopStream()
 	done := make(chan execResult, 1)
 	go func() {
+		stdout, stderr := &countingWriter{w: out.Stdout}, &countingWriter{w: out.Stderr}
 		code, err := c.exec(streamCtx, st.Namespace, st.Pod, buildContainer, cmd,
-			execIO{stdin: strings.NewReader(step.Script), stdout: out.Stdout, stderr: out.Stderr})
+			execIO{stdin: strings.NewReader(step.Script), stdout: stdout, stderr: stderr})
+		// Attempts count since the last one that moved the output on.
+		for attempt, seen := 1, stdout.n+stderr.n; err != nil && attempt <= resumeAttempts && streamCtx.Err() == nil; attempt++ {
+			if perr := e.podFailure(c, st, false); perr != nil {
+				break
+			}
+			if got := stdout.n + stderr.n; got > seen {
+				attempt, seen = 1, got
+			}
+			e.logger().Warn("the exec of a step broke; resuming its output", "pod", st.Namespace+"/"+st.Pod, "step", step.Name,
+				"stdout_bytes", stdout.n, "stderr_bytes", stderr.n, "attempt", attempt, "error", err)
+			select {
+			case <-streamCtx.Done():
+			case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
+			}
+			code, err = c.exec(streamCtx, st.Namespace, st.Pod, buildContainer,
+				stepwrap.Command("follow", outBase, strconv.FormatInt(stdout.n, 10), strconv.FormatInt(stderr.n, 10)),
+				execIO{stdout: stdout, stderr: stderr})
+		}
 		done <- execResult{code, err}
 	}()
 
@@ -178,6 +209,19 @@ func (e *Executor) podFailure(c *cluster, st jobState, killed bool) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// countingWriter counts the bytes written through it: where a resumed
+// exec takes a stream up again.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 func randomID() string {

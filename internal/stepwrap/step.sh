@@ -3,9 +3,11 @@
 #   sh -c 'BERTH_STEP_SH=$1; shift; eval "$BERTH_STEP_SH"' berth-step TEXT MODE ARGS…
 # (stepwrap.Command builds that), so nothing has to be copied in first.
 #
-#   run SHELL SCRIPT PIDFILE [DIR [OOMHINT]]
+#   run SHELL SCRIPT PIDFILE [DIR [OOMHINT [SIZE]]]
 #       Saves stdin (the step's script) as SCRIPT, runs it with SHELL (in DIR,
-#       created when missing, when given) and exits with its status. The
+#       created when missing, when given) and exits with its status. With
+#       SIZE, a script of another size (a connection that broke while it
+#       came) is not run: exit 126. The
 #       wrapper is the leader of the step's process group and writes the
 #       group's id to PIDFILE; what the step leaves running in the group is
 #       killed when SHELL exits. With OOMHINT, a step whose processes the
@@ -14,9 +16,22 @@
 #   signal SIGNAL PIDFILE
 #       Sends SIGNAL to the step's process group. KILL is repeated until
 #       nothing of the group is left (about 10 s at most).
+#   start SHELL SCRIPT PIDFILE DIR OOMHINT SIZE OUT
+#       As run, but the step does not depend on this exec's connection: it
+#       runs in the background with its stdout, stderr and exit status in
+#       the files OUT.out, OUT.err and OUT.exit, which this exec then
+#       follows (as `follow OUT 0 0`). When the connection breaks, another
+#       exec resumes with follow from the byte counts received, and nothing
+#       is lost or repeated. Without tail, head and stat/wc in the image, it
+#       is run (attached, not resumable).
+#   follow OUT OUTBYTES ERRBYTES
+#       Copies OUT.out from byte OUTBYTES to stdout and OUT.err from
+#       ERRBYTES to stderr as they grow, until OUT.exit appears and both are
+#       copied whole, then exits with the status in OUT.exit. Exit 125 and a
+#       line on stderr when OUT.* are not there.
 #
-# It uses shell builtins, /proc, mkdir, rm, sleep and cat (a slower loop
-# without it) only, so that any image with a POSIX sh runs it.
+# run and signal use shell builtins, /proc, mkdir, rm, sleep and cat (a
+# slower loop without it) only, so that any image with a POSIX sh runs them.
 
 # berth_pgrp PID: sets _pg to the process group of PID; false when PID is
 # gone or a zombie. (No command substitution here or below: a subshell
@@ -93,6 +108,14 @@ berth_run() {
 		echo "berth: cannot save the step's script as $2" >&2
 		exit 126
 	}
+	if [ -n "${6-}" ]; then
+		berth_size "$2"
+		if [ "$_size" != "$6" ]; then
+			echo "berth: the step's script arrived incomplete ($_size of $6 bytes); not running it" >&2
+			rm -f "$2" "$3"
+			exit 126
+		fi
+	fi
 	if [ -n "${4-}" ]; then
 		mkdir -p "$4" && cd "$4" || {
 			echo "berth: cannot enter the build directory $4" >&2
@@ -138,6 +161,79 @@ berth_signal() {
 	exit 0
 }
 
+# berth_size FILE: sets _size to the size of FILE in bytes.
+berth_size() {
+	_size=$(stat -c %s "$1" 2>/dev/null) || _size=$(wc -c <"$1")
+	_size=${_size##* }
+}
+
+# berth_copy FILE OFFSET: writes the bytes of FILE past OFFSET to stdout
+# and sets _off to the size copied up to.
+berth_copy() {
+	berth_size "$1"
+	_off=$2
+	[ "$_size" -gt "$2" ] 2>/dev/null || return 0
+	tail -c "+$(($2 + 1))" "$1" | head -c "$((_size - $2))"
+	_off=$_size
+}
+
+berth_follow() {
+	if [ ! -e "$1.out" ] || [ ! -e "$1.err" ]; then
+		echo "berth: the step's output ($1.out, $1.err) is not there to resume" >&2
+		exit 125
+	fi
+	_o=$2 _e=$3 _nap=0.01
+	while :; do
+		# The exit status first: once it is there, the step has written
+		# everything, and this round copies the rest.
+		_done=0
+		[ -e "$1.exit" ] && _done=1
+		berth_copy "$1.out" "$_o"
+		_o=$_off
+		berth_copy "$1.err" "$_e" >&2
+		_e=$_off
+		[ "$_done" = 1 ] && break
+		# Naps of 10 ms growing to 160 ms: a short step ends soon, a long
+		# one costs a few stats per second.
+		sleep "$_nap" 2>/dev/null || sleep 1
+		case $_nap in
+		0.01) _nap=0.02 ;;
+		0.02) _nap=0.04 ;;
+		0.04) _nap=0.08 ;;
+		*) _nap=0.16 ;;
+		esac
+	done
+	read -r _rc <"$1.exit"
+	exit "${_rc:-125}"
+}
+
+berth_start() {
+	if ! command -v tail >/dev/null 2>&1 || ! command -v head >/dev/null 2>&1 ||
+		! { command -v stat >/dev/null 2>&1 || command -v wc >/dev/null 2>&1; }; then
+		berth_run "$1" "$2" "$3" "$4" "$5"
+	fi
+	_out=$7
+	mkdir -p "${_out%/*}" && rm -f "${_out%/*}"/*.out "${_out%/*}"/*.err "${_out%/*}"/*.exit &&
+		: >"$_out.out" && : >"$_out.err" || {
+		echo "berth: cannot write the step's output files $_out.*" >&2
+		exit 126
+	}
+	(umask 077 && exec cat >"$2.in") || {
+		echo "berth: cannot save the step's script as $2.in" >&2
+		exit 126
+	}
+	# The step, detached from this exec: its own session (run makes it a
+	# group leader), output into files, status written last.
+	(
+		sh -c 'BERTH_STEP_SH=$1; shift; eval "$BERTH_STEP_SH"' berth-step "$BERTH_STEP_SH" run "$1" "$2" "$3" "$4" "$5" "$6" \
+			<"$2.in" >"$_out.out" 2>"$_out.err"
+		echo "$?" >"$_out.exit.new"
+		rm -f "$2.in"
+		mv "$_out.exit.new" "$_out.exit"
+	) </dev/null >/dev/null 2>&1 &
+	berth_follow "$_out" 0 0
+}
+
 case $1 in
 run)
 	shift
@@ -146,6 +242,14 @@ run)
 signal)
 	shift
 	berth_signal "$@"
+	;;
+start)
+	shift
+	berth_start "$@"
+	;;
+follow)
+	shift
+	berth_follow "$@"
 	;;
 *)
 	echo "berth: unknown step wrapper mode $1" >&2

@@ -1,0 +1,125 @@
+package stepwrap
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// The wrapper's start and follow modes, run here with this machine's sh
+// (the same POSIX sh code runs in the containers): what a container
+// executor would see through its exec.
+
+// wrapper runs the wrapper in a mode with stdin and returns stdout,
+// stderr and the exit code. stdout may be cut after limit bytes (-1: no
+// limit): the reading end is closed then, as a broken connection would.
+func wrapper(t *testing.T, stdin string, limit int, args ...string) (string, string, int) {
+	t.Helper()
+	argv := Command(args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	pipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var stdout []byte
+	if limit < 0 {
+		stdout, err = io.ReadAll(pipe)
+	} else {
+		stdout = make([]byte, limit)
+		_, err = io.ReadFull(pipe, stdout)
+		pipe.Close()
+	}
+	if err != nil {
+		t.Fatalf("reading the wrapper's stdout: %v", err)
+	}
+	code := 0
+	if err := cmd.Wait(); err != nil {
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) {
+			t.Fatal(err)
+		}
+		code = exit.ExitCode()
+	}
+	return string(stdout), stderr.String(), code
+}
+
+func TestStartFollowsTheStep(t *testing.T) {
+	dir := t.TempDir()
+	script := "echo out1\necho err1 >&2\necho out2\nexit 7\n"
+	out := filepath.Join(dir, "output", "s1")
+	stdout, stderr, code := wrapper(t, script, -1, "start", "sh", filepath.Join(dir, "s1.sh"), filepath.Join(dir, "s1.pid"),
+		filepath.Join(dir, "build"), "", strconv.Itoa(len(script)), out)
+	if stdout != "out1\nout2\n" || stderr != "err1\n" || code != 7 {
+		t.Errorf("start: stdout %q, stderr %q, exit %d; want out1 out2, err1, 7", stdout, stderr, code)
+	}
+	// The script ran in the build directory and left nothing behind but
+	// the output files (removed by the next start).
+	for _, gone := range []string{"s1.sh", "s1.sh.in", "s1.pid"} {
+		if _, err := os.Stat(filepath.Join(dir, gone)); !os.IsNotExist(err) {
+			t.Errorf("%s after the step: %v; want it removed", gone, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "build")); err != nil {
+		t.Errorf("the build directory: %v", err)
+	}
+}
+
+// TestFollowResumesABrokenStream: the exec's stdout breaks after 5000
+// bytes; the step goes on, and a follow from the byte counts received
+// yields the rest, nothing lost or repeated, and the step's status.
+func TestFollowResumesABrokenStream(t *testing.T) {
+	dir := t.TempDir()
+	script := "i=0\nwhile [ $i -lt 3000 ]; do echo \"line $i\"; echo \"eline $i\" >&2; i=$((i + 1)); done\nexit 3\n"
+	var wantOut, wantErr strings.Builder
+	for i := range 3000 {
+		fmt.Fprintf(&wantOut, "line %d\n", i)
+		fmt.Fprintf(&wantErr, "eline %d\n", i)
+	}
+	out := filepath.Join(dir, "output", "s2")
+	first, firstErr, _ := wrapper(t, script, 5000, "start", "sh", filepath.Join(dir, "s2.sh"), filepath.Join(dir, "s2.pid"),
+		"", "", strconv.Itoa(len(script)), out)
+	rest, restErr, code := wrapper(t, "", -1, "follow", out, strconv.Itoa(len(first)), strconv.Itoa(len(firstErr)))
+	if code != 3 {
+		t.Errorf("follow exited %d; want the step's 3 (stderr %q)", code, restErr)
+	}
+	if got := first + rest; got != wantOut.String() {
+		t.Errorf("stdout across the break: %d bytes, want %d (first %d)", len(got), wantOut.Len(), len(first))
+	}
+	if got := firstErr + restErr; got != wantErr.String() {
+		t.Errorf("stderr across the break: %d bytes, want %d (first %d)", len(got), wantErr.Len(), len(firstErr))
+	}
+}
+
+func TestIncompleteScriptIsNotRun(t *testing.T) {
+	dir := t.TempDir()
+	marker := filepath.Join(dir, "ran")
+	script := "touch " + marker + "\n"
+	_, stderr, code := wrapper(t, script, -1, "start", "sh", filepath.Join(dir, "s3.sh"), filepath.Join(dir, "s3.pid"),
+		"", "", strconv.Itoa(len(script)+10), filepath.Join(dir, "output", "s3"))
+	if code != 126 || !strings.Contains(stderr, "arrived incomplete") {
+		t.Errorf("a short script: exit %d, stderr %q; want 126 saying it arrived incomplete", code, stderr)
+	}
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Errorf("the incomplete script ran (%v)", err)
+	}
+}
+
+func TestFollowWithoutOutput(t *testing.T) {
+	_, stderr, code := wrapper(t, "", -1, "follow", filepath.Join(t.TempDir(), "none"), "0", "0")
+	if code != 125 || !strings.Contains(stderr, "not there to resume") {
+		t.Errorf("follow of nothing: exit %d, stderr %q; want 125 saying there is nothing to resume", code, stderr)
+	}
+}
