@@ -9,7 +9,9 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/berthci/berth/sdk"
 )
@@ -87,19 +89,47 @@ func (c *cluster) deletePod(ctx context.Context, st jobState) error {
 	wait := time.Duration(grace)*time.Second + goneWait
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
+	// A watch sees the deletion at once and costs no request of the
+	// client's rate limit while it waits; a read between watches catches
+	// what happened while none was open.
 	for {
-		_, err := pods.Get(ctx, st.Pod, metav1.GetOptions{})
+		p, err := pods.Get(ctx, st.Pod, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return nil
+		}
+		if err == nil {
+			if gone := c.watchGone(ctx, st, p.ResourceVersion); gone {
+				return nil
+			}
 		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("pod %s/%s is still there %s after it was deleted", st.Namespace, st.Pod, wait)
-		case <-tick.C:
+		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// watchGone watches the pod from resourceVersion and says whether it saw
+// it deleted (false when the watch ended first).
+func (c *cluster) watchGone(ctx context.Context, st jobState, resourceVersion string) bool {
+	w, err := c.cs.CoreV1().Pods(st.Namespace).Watch(ctx, metav1.ListOptions{
+		FieldSelector:   fields.OneTermEqualSelector("metadata.name", st.Pod).String(),
+		ResourceVersion: resourceVersion,
+	})
+	if err != nil {
+		return false
+	}
+	defer w.Stop()
+	for ev := range w.ResultChan() {
+		switch ev.Type {
+		case watch.Deleted:
+			return true
+		case watch.Error:
+			return false
+		}
+	}
+	return false
 }
 
 // deleteExpired deletes the pods and pull Secrets of this runner whose

@@ -60,6 +60,12 @@ import (
 // Version is the Kubernetes executor's version.
 const Version = "0.1.0"
 
+// The executor's client-side request limit (see connect).
+const (
+	clientQPS   = 50
+	clientBurst = 300
+)
+
 // Label and annotation keys set on every pod and Secret the executor
 // creates.
 const (
@@ -203,6 +209,12 @@ func (e *Executor) connect(cfg settings) (*cluster, error) {
 		}
 	}
 	rc.UserAgent = "berth-kubernetes-executor/" + Version
+	// client-go's default client-side limit (5 requests/s, burst 10)
+	// caps an executor at under 2 jobs/s whatever the cluster can do:
+	// each job makes about three limited calls (watches and execs are
+	// not limited). kubectl's figures; the API server's own priority and
+	// fairness protects it.
+	rc.QPS, rc.Burst = clientQPS, clientBurst
 	cs, err := k8s.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("making a client for %s: %w", rc.Host, err)
