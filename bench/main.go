@@ -29,6 +29,7 @@ import (
 
 	"github.com/berthci/berth/host/job"
 	"github.com/berthci/berth/host/trace"
+	"github.com/berthci/berth/internal/benchstat"
 	"github.com/berthci/berth/plugins"
 	"github.com/berthci/berth/sdk"
 )
@@ -124,7 +125,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 		}
 		rows, notes = append(rows, r...), append(notes, n...)
 	}
-	facts.loadAfter = loadAvg()
+	facts.loadAfter = benchstat.LoadAverage()
 	printReport(out, cfg, facts, rows, notes)
 
 	if cfg.profile != "" {
@@ -492,7 +493,7 @@ type facts struct {
 }
 
 func machineFacts() facts {
-	f := facts{nproc: runtime.NumCPU(), cpu: "unknown", goVersion: runtime.Version(), loadBefore: loadAvg(), date: time.Now().UTC().Format("2006-01-02 15:04 MST")}
+	f := facts{nproc: runtime.NumCPU(), cpu: "unknown", goVersion: runtime.Version(), loadBefore: benchstat.LoadAverage(), date: time.Now().UTC().Format("2006-01-02 15:04 MST")}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, l := range strings.Split(string(b), "\n") {
 			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
@@ -502,18 +503,6 @@ func machineFacts() facts {
 		}
 	}
 	return f
-}
-
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	fs := strings.Fields(string(b))
-	if len(fs) < 3 {
-		return "unknown"
-	}
-	return strings.Join(fs[:3], " ")
 }
 
 func printReport(w io.Writer, cfg config, f facts, rows []row, notes []string) {

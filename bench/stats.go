@@ -2,23 +2,16 @@ package main
 
 import (
 	"fmt"
-	"slices"
 	"time"
+
+	"github.com/berthci/berth/internal/benchstat"
 )
 
 // samples are the durations of one measured thing.
 type samples []time.Duration
 
 // quantile returns the q-quantile (0 ≤ q ≤ 1) by the nearest-rank method.
-func (s samples) quantile(q float64) time.Duration {
-	if len(s) == 0 {
-		return 0
-	}
-	c := slices.Clone(s)
-	slices.Sort(c)
-	i := int(q*float64(len(c))+0.5) - 1
-	return c[min(max(i, 0), len(c)-1)]
-}
+func (s samples) quantile(q float64) time.Duration { return benchstat.Quantile(s, q) }
 
 func (s samples) median() time.Duration { return s.quantile(0.5) }
 func (s samples) p95() time.Duration    { return s.quantile(0.95) }

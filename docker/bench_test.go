@@ -6,12 +6,12 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"slices"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/berthci/berth/internal/benchstat"
 	"github.com/berthci/berth/sdk"
 )
 
@@ -164,25 +164,15 @@ func TestBenchmark(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ma, mb := median(a), median(b)
+	ma, mb := benchstat.Median(a), benchstat.Median(b)
 	fmt.Printf("| trivial job, one at a time (n=%d each), median (p90) | %s (%s) | %s (%s) | %.2f× |\n",
-		rounds, ms(ma), ms(pct(a, 90)), ms(mb), ms(pct(b, 90)), float64(ma)/float64(mb))
-	fmt.Printf("| — of which Prepare, Run (`true`), Cleanup, medians | %s, %s, %s | | |\n", ms(median(phases[0])), ms(median(phases[1])), ms(median(phases[2])))
+		rounds, benchstat.Ms(ma), benchstat.Ms(benchstat.Quantile(a, 0.90)), benchstat.Ms(mb), benchstat.Ms(benchstat.Quantile(b, 0.90)), float64(ma)/float64(mb))
+	fmt.Printf("| — of which Prepare, Run (`true`), Cleanup, medians | %s, %s, %s | | |\n", benchstat.Ms(benchstat.Median(phases[0])), benchstat.Ms(benchstat.Median(phases[1])), benchstat.Ms(benchstat.Median(phases[2])))
 	fmt.Printf("| 20 jobs at concurrency 4, wall time (two runs) | %s, %s | %s, %s | %.2f× |\n",
-		ms(ca1), ms(ca2), ms(cb1), ms(cb2), float64(ca1+ca2)/float64(cb1+cb2))
+		benchstat.Ms(ca1), benchstat.Ms(ca2), benchstat.Ms(cb1), benchstat.Ms(cb2), float64(ca1+ca2)/float64(cb1+cb2))
 	fmt.Printf("| output throughput, 100 MiB from `head -c` (n=4 each), median | %.0f MiB/s | %.0f MiB/s (`docker exec`) | %.0f %% |\n",
-		mibs(median(ta)), mibs(median(tb)), 100*mibs(median(ta))/mibs(median(tb)))
+		mibs(benchstat.Median(ta)), mibs(benchstat.Median(tb)), 100*mibs(benchstat.Median(ta))/mibs(benchstat.Median(tb)))
 	if left := labelled(t, c, LabelRunner+"=berth-bench"); len(left) > 0 {
 		t.Errorf("the benchmark left %v", left)
 	}
 }
-
-func median(d []time.Duration) time.Duration { return pct(d, 50) }
-
-func pct(d []time.Duration, p int) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[(len(s)-1)*p/100]
-}
-
-func ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }

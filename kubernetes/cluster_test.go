@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,8 +22,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	k8s "k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/berthci/berth/internal/k8stest"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/sdk/sdktest"
 )
@@ -35,32 +34,12 @@ const (
 	busyboxImage     = "busybox:local"
 	busyboxBashImage = "busybox-bash:local"
 	// noTarImage has bash as sh and busybox's applets but tar.
-	noTarImage  = "busybox-notar:local"
-	clusterHint = "start the test cluster: test/k8s/cluster.sh up (needs BUILD), then export KUBECONFIG=$BUILD/cluster/admin.kubeconfig"
+	noTarImage = "busybox-notar:local"
 )
 
-// testCluster returns a client for the cluster at $KUBECONFIG, or skips
-// the test when none answers.
-func testCluster(t testing.TB) (string, k8s.Interface) {
-	t.Helper()
-	path := os.Getenv("KUBECONFIG")
-	if path == "" {
-		t.Skip("KUBECONFIG is not set: " + clusterHint)
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		t.Skipf("no cluster configuration at %s (%v): %s", path, err, clusterHint)
-	}
-	rc.Timeout = 10 * time.Second
-	cs, err := k8s.NewForConfig(rc)
-	if err != nil {
-		t.Skipf("no client for %s (%v): %s", rc.Host, err, clusterHint)
-	}
-	if _, err := cs.Discovery().ServerVersion(); err != nil {
-		t.Skipf("no cluster answers at %s (%v): %s", rc.Host, err, clusterHint)
-	}
-	return path, cs
-}
+// testCluster returns the test cluster's kubeconfig and a client, or
+// skips the test when none answers.
+func testCluster(t testing.TB) (string, k8s.Interface) { return k8stest.Cluster(t) }
 
 func testSettings(kubeconfig string, extra map[string]any) map[string]any {
 	s := map[string]any{"kubeconfig": kubeconfig, "namespace": "default", "runner_name": "berth-test", "pull_policy": PullIfNotPresent}

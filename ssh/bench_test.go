@@ -6,11 +6,11 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"slices"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/berthci/berth/internal/benchstat"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/ssh"
 	"github.com/berthci/berth/sshexec/sshdtest"
@@ -100,23 +100,14 @@ func TestBenchmarkTrivialJob(t *testing.T) {
 	}
 	t.Logf("%d interleaved runs of each; %d CPUs, %s, load at the end %s", runs, runtime.NumCPU(), runtime.Version(), load)
 	t.Logf("| metric | median | p95 |")
-	t.Logf("| ssh executor, trivial job (Prepare → Run `true` → Cleanup), new connection | %s | %s |", median(jobs), p95(jobs))
-	t.Logf("| OpenSSH client, `ssh host true` (default key exchange, sntrup761x25519) | %s | %s |", median(sshs), p95(sshs))
-	t.Logf("| OpenSSH client, `ssh -o KexAlgorithms=curve25519-sha256 host true` | %s | %s |", median(sshsCurve), p95(sshsCurve))
+	t.Logf("| ssh executor, trivial job (Prepare → Run `true` → Cleanup), new connection | %s | %s |", benchstat.Median(jobs), benchstat.Quantile(jobs, 0.95))
+	t.Logf("| OpenSSH client, `ssh host true` (default key exchange, sntrup761x25519) | %s | %s |", benchstat.Median(sshs), benchstat.Quantile(sshs, 0.95))
+	t.Logf("| OpenSSH client, `ssh -o KexAlgorithms=curve25519-sha256 host true` | %s | %s |", benchstat.Median(sshsCurve), benchstat.Quantile(sshsCurve, 0.95))
 	t.Logf("ratio of medians: %.2f× (default kex), %.2f× (curve25519); within a job: Prepare %s, Run %s, Cleanup %s (medians)",
-		float64(median(jobs))/float64(median(sshs)), float64(median(jobs))/float64(median(sshsCurve)),
-		median(prepare), median(run), median(cleanup))
+		float64(benchstat.Median(jobs))/float64(benchstat.Median(sshs)), float64(benchstat.Median(jobs))/float64(benchstat.Median(sshsCurve)),
+		benchstat.Median(prepare), benchstat.Median(run), benchstat.Median(cleanup))
 }
 
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
-
-func median(d []time.Duration) time.Duration { return quantile(d, 0.5) }
-func p95(d []time.Duration) time.Duration    { return quantile(d, 0.95) }
-
-func quantile(d []time.Duration, q float64) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[int(q*float64(len(s)-1)+0.5)].Round(10 * time.Microsecond)
-}

@@ -28,38 +28,21 @@ import (
 	yamlutil "k8s.io/apimachinery/pkg/util/yaml"
 	k8s "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/berthci/berth/host/gitlab/gitlabtest"
+	"github.com/berthci/berth/internal/k8stest"
 )
 
 const (
-	runnerNS    = "berth"
-	jobsNS      = "berth-jobs"
-	clusterHint = "start the test cluster: test/k8s/cluster.sh up (needs BUILD), then export KUBECONFIG=$BUILD/cluster/admin.kubeconfig"
+	runnerNS = "berth"
+	jobsNS   = "berth-jobs"
 	// jobImage is one of the images test/k8s/cluster.sh imports.
 	jobImage = "busybox:local"
 )
 
-// cluster returns an admin client for the cluster at $KUBECONFIG, or skips.
+// cluster returns an admin client for the test cluster, or skips.
 func cluster(t *testing.T) k8s.Interface {
-	t.Helper()
-	path := os.Getenv("KUBECONFIG")
-	if path == "" {
-		t.Skip("KUBECONFIG is not set: " + clusterHint)
-	}
-	rc, err := clientcmd.BuildConfigFromFlags("", path)
-	if err != nil {
-		t.Skipf("no cluster configuration at %s (%v): %s", path, err, clusterHint)
-	}
-	rc.Timeout = 20 * time.Second
-	cs, err := k8s.NewForConfig(rc)
-	if err != nil {
-		t.Skipf("no client for %s (%v): %s", rc.Host, err, clusterHint)
-	}
-	if _, err := cs.Discovery().ServerVersion(); err != nil {
-		t.Skipf("no cluster answers at %s (%v): %s", rc.Host, err, clusterHint)
-	}
+	_, cs := k8stest.Cluster(t)
 	return cs
 }
 
@@ -137,7 +120,7 @@ func TestBerthInCluster(t *testing.T) {
 	}
 	gateway := strings.TrimSpace(out)
 	if ln, err := net.Listen("tcp", net.JoinHostPort(gateway, "0")); err != nil {
-		t.Skipf("the pod bridge address %s is not on this machine (%v): %s", gateway, err, clusterHint)
+		t.Skipf("the pod bridge address %s is not on this machine (%v): %s", gateway, err, k8stest.Hint)
 	} else {
 		ln.Close()
 	}

@@ -1,0 +1,44 @@
+// Package benchstat is what berth's benchmark harnesses (bench/ and the
+// executors' TestBenchmark) share to report their figures: quantiles by
+// the nearest-rank method, milliseconds, and the machine's load.
+package benchstat
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Quantile returns the q-quantile (0 ≤ q ≤ 1) of d by the nearest-rank
+// method; 0 for no samples. d is not changed.
+func Quantile(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	i := int(q*float64(len(s))+0.5) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// Median is Quantile(d, 0.5).
+func Median(d []time.Duration) time.Duration { return Quantile(d, 0.5) }
+
+// Ms formats d in whole milliseconds ("12 ms").
+func Ms(d time.Duration) string { return fmt.Sprintf("%.0f ms", float64(d)/float64(time.Millisecond)) }
+
+// LoadAverage is the 1, 5 and 15 minute load averages ("0.52 0.61 0.70"),
+// or "unknown".
+func LoadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
+}

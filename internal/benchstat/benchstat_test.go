@@ -1,0 +1,27 @@
+package benchstat
+
+import (
+	"testing"
+	"time"
+)
+
+func TestQuantile(t *testing.T) {
+	d := []time.Duration{5, 1, 4, 2, 3, 10, 9, 8, 7, 6}
+	for _, tt := range []struct {
+		q    float64
+		want time.Duration
+	}{{0, 1}, {0.1, 1}, {0.5, 5}, {0.9, 9}, {0.95, 10}, {1, 10}} {
+		if got := Quantile(d, tt.q); got != tt.want {
+			t.Errorf("Quantile(%v) = %v; want %v", tt.q, got, tt.want)
+		}
+	}
+	if d[0] != 5 {
+		t.Error("Quantile sorted its argument")
+	}
+	if Quantile(nil, 0.5) != 0 || Median([]time.Duration{7}) != 7 {
+		t.Error("empty or single samples")
+	}
+	if got := Ms(1500 * time.Microsecond); got != "2 ms" {
+		t.Errorf("Ms = %q", got)
+	}
+}
