@@ -11,11 +11,17 @@
 // or the pod is evicted or deleted.
 //
 // Each step runs with an exec in the build container under a small POSIX sh
-// wrapper (step.sh) that reads the script from the exec's stdin, runs it
-// in a process group of its own and lets a cancel reach every process of
-// the step (SIGTERM, SIGKILL after the grace period). stdout and stderr
-// stay apart, and the exit code comes from the exec's status, never from
-// the pod's phase. Upload and Download stream tar archives through exec,
+// wrapper (internal/stepwrap) that reads the script from the exec's stdin
+// (checking its size), runs it in a process group of its own and lets a
+// cancel reach every process of the step (SIGTERM, SIGKILL after the grace
+// period). The step runs detached from the exec, its stdout, stderr and
+// status in files on the build volume that the exec follows: when the
+// exec's connection breaks, another exec resumes each stream from the
+// bytes received. stdout and stderr stay apart, and the exit code comes
+// from the exec's status, never from the pod's phase. A step whose
+// container dies is reported with the pod's reason (evicted — read from
+// the pod's events, since kubelet may leave an evicted pod Succeeded —,
+// deleted, out of memory). Upload and Download stream tar archives through exec,
 // so the job's image needs sh and tar. No variable of the job is put into
 // the pod: scripts (with masked and file variables) arrive over exec.
 //
