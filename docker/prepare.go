@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"path"
 	"slices"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/api/types/network"
@@ -39,12 +41,18 @@ const (
 
 // keepAlive is the job container's main process: it only waits (and, as
 // PID 1, reaps the orphans of killed steps). Without sleep in the image it
-// blocks reading its stdin, which stays open.
+// blocks reading its stdin, which stays open. Its first line on stdout
+// tells Prepare that it runs: an image's entrypoint that does not run the
+// command it is given ends the container instead.
 const keepAlive = `trap 'exit 0' TERM
+echo ` + readyLine + `
 if command -v sleep >/dev/null 2>&1; then
 	while :; do sleep 3600 & wait $!; done
 fi
 while read -r _; do :; done`
+
+// readyLine is what keepAlive prints first.
+const readyLine = "berth-job-container-ready"
 
 // jobState is what a prepared job keeps in its Handle.State.
 type jobState struct {
@@ -446,7 +454,60 @@ func (e *Executor) startJobContainer(ctx context.Context, c *client.Client, p pl
 		}
 		return "", e.engineError(cfg.Host, doing, err)
 	}
+	if err := e.awaitKeepAlive(ctx, c, res.ID, p.image.name); err != nil {
+		return res.ID, fmt.Errorf("%s: %w", doing, err)
+	}
 	return res.ID, nil
+}
+
+// errReady stops reading the job container's log at keepAlive's first line.
+var errReady = errors.New("ready")
+
+// readyWatch fails with errReady once readyLine has been written to it.
+type readyWatch struct{ buf []byte }
+
+func (w *readyWatch) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	if bytes.Contains(w.buf, []byte(readyLine+"\n")) {
+		return len(p), errReady
+	}
+	if len(w.buf) > 64<<10 {
+		// An entrypoint that talks before it runs its command: keep the end.
+		w.buf = w.buf[len(w.buf)-len(readyLine)-1:]
+	}
+	return len(p), nil
+}
+
+// awaitKeepAlive waits until the job container's keepAlive runs, following
+// its log. Without it, a step's exec could start in a container whose
+// entrypoint is about to end it, and run, or not, by chance.
+func (e *Executor) awaitKeepAlive(ctx context.Context, c *client.Client, id, image string) error {
+	ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+	defer cancel()
+	r, err := c.ContainerLogs(ctx, id, client.ContainerLogsOptions{ShowStdout: true, Follow: true})
+	if err != nil {
+		return fmt.Errorf("following its log: %w", err)
+	}
+	defer r.Close()
+	_, err = stdcopy.StdCopy(&readyWatch{}, io.Discard, r)
+	switch {
+	case errors.Is(err, errReady):
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("its main process did not start within %s: %w", controlTimeout, context.Cause(ctx))
+	}
+	// The log ended: the container stopped before keepAlive ran.
+	msg := "the job container (image " + strconv.Quote(image) + ") has stopped"
+	ictx, icancel := context.WithTimeout(context.WithoutCancel(ctx), controlTimeout)
+	defer icancel()
+	if res, ierr := c.ContainerInspect(ictx, id, client.ContainerInspectOptions{}); ierr == nil && res.Container.State != nil {
+		msg += fmt.Sprintf(", exit code %d", res.Container.State.ExitCode)
+	}
+	msg += " before the command it was given ran (an image's entrypoint must run the command it is given; set the job's entrypoint to [\"\"] to skip it)"
+	if logs := serviceLogs(c, id, serviceLogLines); logs != "" {
+		msg += "; the last lines of its log:\n" + logs
+	}
+	return errors.New(msg)
 }
 
 // makeBuildDir creates the build directory (and its .tmp sibling the
