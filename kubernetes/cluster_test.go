@@ -689,3 +689,28 @@ func TestPullSecretGoesWithItsPod(t *testing.T) {
 		}
 	}
 }
+
+// TestJobEntrypoint: a job's entrypoint runs first in the build container
+// and must run the command it is given; one that does not fails Prepare
+// naming it, at once.
+func TestJobEntrypoint(t *testing.T) {
+	e, _ := testExecutor(t, nil)
+	t.Run("runs its command", func(t *testing.T) {
+		h := prepare(t, e, sdk.Job{Image: sdk.Image{Name: busyboxImage,
+			Entrypoint: []string{"sh", "-c", `echo from-entrypoint >/tmp/ep; exec "$@"`, "--"}}})
+		code, stdout, stderr, err := run(t, t.Context(), e, h, "cat /tmp/ep\n")
+		if err != nil || code != 0 || stdout != "from-entrypoint\n" {
+			t.Errorf("Run = %d, %v; stdout %q, stderr %q; want the entrypoint's file", code, err, stdout, stderr)
+		}
+	})
+	t.Run("ends instead", func(t *testing.T) {
+		id := jobID(t)
+		t.Cleanup(func() { _ = e.Cleanup(context.Background(), sdk.Handle{JobID: id}) })
+		_, err := e.Prepare(t.Context(), sdk.Job{ID: id, Timeout: time.Minute,
+			Image: sdk.Image{Name: busyboxImage, Entrypoint: []string{"sh", "-c", "echo no thanks; exit 3"}}})
+		if err == nil || !strings.Contains(err.Error(), "entrypoint") {
+			t.Fatalf("Prepare with an entrypoint that exits: %v; want an error naming the entrypoint", err)
+		}
+		t.Logf("Prepare: %v", err)
+	})
+}

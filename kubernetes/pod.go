@@ -28,8 +28,23 @@ const (
 )
 
 // keepAlive is the build container's main process: it only waits, and
-// ends at once on SIGTERM.
-var keepAlive = []string{"sh", "-c", `trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done`}
+// ends at once on SIGTERM. Its first line on stdout (readyLine) tells
+// Prepare that it runs, for a job whose entrypoint runs first.
+var keepAlive = []string{"sh", "-c", `trap 'exit 0' TERM INT; echo ` + readyLine + `; while :; do sleep 3600 & wait $!; done`}
+
+// readyLine is what keepAlive prints first.
+const readyLine = "berth-job-container-ready"
+
+// jobEntrypoint is the job's own entrypoint for the build container, nil
+// when it has none or clears the image's with [""]. The image's own
+// ENTRYPOINT is never run: the keep-alive replaces it (as GitLab's
+// kubernetes executor does), unless the job names one.
+func jobEntrypoint(img sdk.Image) []string {
+	if len(img.Entrypoint) == 0 || (len(img.Entrypoint) == 1 && img.Entrypoint[0] == "") {
+		return nil
+	}
+	return img.Entrypoint
+}
 
 // podSpec builds the job's pod from the settings and the job.
 func podSpec(cfg settings, job sdk.Job, now time.Time) (*corev1.Pod, error) {
@@ -106,6 +121,11 @@ func podSpec(cfg settings, job sdk.Job, now time.Time) (*corev1.Pod, error) {
 				hostnames = append(hostnames, a)
 			}
 		}
+	}
+	if ep := jobEntrypoint(job.Image); ep != nil {
+		// The entrypoint gets the keep-alive as its command, which it
+		// must run (exec "$@"): Prepare waits for the keep-alive's line.
+		containers[0].Command, containers[0].Args = ep, keepAlive
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{

@@ -1,6 +1,7 @@
 package kubernetes
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -62,9 +63,49 @@ func (e *Executor) Prepare(ctx context.Context, job sdk.Job) (sdk.Handle, error)
 	}
 	if err := c.waitRunning(ctx, created, cfg.PollTimeout); err != nil {
 		e.discard(ctx, c, st, true)
+		if jobEntrypoint(job.Image) != nil && errors.Is(err, errBuildEnded) {
+			return sdk.Handle{}, fmt.Errorf("%s: %w (the job's entrypoint must run the command it is given: exec \"$@\")", doing, err)
+		}
 		return sdk.Handle{}, fmt.Errorf("%s: %w", doing, err)
 	}
+	if jobEntrypoint(job.Image) != nil {
+		if err := c.awaitKeepAlive(ctx, st, pod.Spec.Containers[0].Image); err != nil {
+			e.discard(ctx, c, st, true)
+			return sdk.Handle{}, fmt.Errorf("%s: %w", doing, err)
+		}
+	}
 	return encodeState(job.ID, st)
+}
+
+// awaitKeepAlive follows the build container's log until the keep-alive's
+// first line: the job's entrypoint ran it. An entrypoint that ends instead
+// ends the container (and its log), which is named.
+func (c *cluster) awaitKeepAlive(ctx context.Context, st jobState, image string) error {
+	ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+	defer cancel()
+	r, err := c.cs.CoreV1().Pods(st.Namespace).GetLogs(st.Pod, &corev1.PodLogOptions{Container: buildContainer, Follow: true}).Stream(ctx)
+	if err != nil {
+		return fmt.Errorf("following the build container's log: %w", err)
+	}
+	defer r.Close()
+	sc := bufio.NewScanner(r)
+	var last []string
+	for sc.Scan() {
+		if sc.Text() == readyLine {
+			return nil
+		}
+		if last = append(last, sc.Text()); len(last) > 10 {
+			last = last[1:]
+		}
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("the job's entrypoint did not run the keep-alive within %s: %w", controlTimeout, context.Cause(ctx))
+	}
+	msg := fmt.Sprintf("the build container (image %q) stopped before the command it was given ran: the job's entrypoint must run it (exec \"$@\")", image)
+	if len(last) > 0 {
+		msg += "; the last lines of its log:\n" + strings.Join(last, "\n")
+	}
+	return errors.New(msg)
 }
 
 // createPod creates the job's pod, and first its pull Secret (nil for
@@ -237,12 +278,15 @@ func podStatus(p *corev1.Pod) (bool, error) {
 	return running == len(p.Spec.Containers), nil
 }
 
+// errBuildEnded marks a build container that ended while the pod had not.
+var errBuildEnded = errors.New("the build container ended")
+
 // podEnded describes a pod that has stopped running (nil if it has not).
 func podEnded(p *corev1.Pod) error {
 	if p.Status.Phase != corev1.PodFailed && p.Status.Phase != corev1.PodSucceeded {
 		for _, cs := range p.Status.ContainerStatuses {
 			if cs.Name == buildContainer && cs.State.Terminated != nil {
-				return fmt.Errorf("the build container ended: %s", terminated(cs.State.Terminated))
+				return fmt.Errorf("%w: %s", errBuildEnded, terminated(cs.State.Terminated))
 			}
 		}
 		return nil

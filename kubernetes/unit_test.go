@@ -2,6 +2,7 @@ package kubernetes
 
 import (
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -506,6 +507,34 @@ func TestPodSpecPullSecrets(t *testing.T) {
 			}
 			if strings.Join(got, ",") != strings.Join(c.want, ",") {
 				t.Errorf("imagePullSecrets %v; want %v", got, c.want)
+			}
+		})
+	}
+}
+
+func TestPodSpecEntrypoint(t *testing.T) {
+	cfg, err := decodeSettings(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name       string
+		entrypoint []string
+		command    []string
+		args       []string
+	}{
+		{"none: the keep-alive replaces the image's", nil, keepAlive, nil},
+		{"cleared", []string{""}, keepAlive, nil},
+		{"the job's, given the keep-alive", []string{"/init", "--"}, []string{"/init", "--"}, keepAlive},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			pod, err := podSpec(cfg, sdk.Job{ID: "1", Image: sdk.Image{Name: "img", Entrypoint: tt.entrypoint}}, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := pod.Spec.Containers[0]
+			if !slices.Equal(c.Command, tt.command) || !slices.Equal(c.Args, tt.args) {
+				t.Errorf("command %q args %q; want %q %q", c.Command, c.Args, tt.command, tt.args)
 			}
 		})
 	}
