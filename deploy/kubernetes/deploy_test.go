@@ -228,7 +228,6 @@ func TestServiceAccountIsLeastPrivilege(t *testing.T) {
 		}
 	}
 	deploy(t, ctx, cs, objs, "", "")
-	user := "system:serviceaccount:" + runnerNS + ":berth"
 	tests := []struct {
 		ns, verb, resource, sub string
 		allowed                 bool
@@ -258,17 +257,7 @@ func TestServiceAccountIsLeastPrivilege(t *testing.T) {
 	for _, tt := range tests {
 		name := fmt.Sprintf("%s %s/%s in %q", tt.verb, tt.resource, tt.sub, tt.ns)
 		t.Run(name, func(t *testing.T) {
-			review := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
-				User:   user,
-				Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + runnerNS, "system:authenticated"},
-				ResourceAttributes: &authzv1.ResourceAttributes{
-					Namespace: tt.ns, Verb: tt.verb, Resource: tt.resource, Subresource: tt.sub,
-				},
-			}}
-			if tt.resource == "deployments" {
-				review.Spec.ResourceAttributes.Group = "apps"
-			}
-			got, err := cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+			got, err := askAccess(ctx, cs, tt.ns, tt.verb, tt.resource, tt.sub)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -276,6 +265,41 @@ func TestServiceAccountIsLeastPrivilege(t *testing.T) {
 				t.Errorf("allowed = %v, want %v (%s)", got.Status.Allowed, tt.allowed, got.Status.Reason)
 			}
 		})
+	}
+}
+
+// askAccess asks the API server's authorizer whether berth's service
+// account may do verb on resource/sub in ns.
+func askAccess(ctx context.Context, cs k8s.Interface, ns, verb, resource, sub string) (*authzv1.SubjectAccessReview, error) {
+	review := &authzv1.SubjectAccessReview{Spec: authzv1.SubjectAccessReviewSpec{
+		User:   "system:serviceaccount:" + runnerNS + ":berth",
+		Groups: []string{"system:serviceaccounts", "system:serviceaccounts:" + runnerNS, "system:authenticated"},
+		ResourceAttributes: &authzv1.ResourceAttributes{
+			Namespace: ns, Verb: verb, Resource: resource, Subresource: sub,
+		},
+	}}
+	if resource == "deployments" {
+		review.Spec.ResourceAttributes.Group = "apps"
+	}
+	return cs.AuthorizationV1().SubjectAccessReviews().Create(ctx, review, metav1.CreateOptions{})
+}
+
+// awaitBinding waits until the authorizer, which reads Roles from a cache,
+// knows the new RoleBinding: until then berth's first job would be
+// refused, and the answers below would be stale.
+func awaitBinding(t *testing.T, ctx context.Context, cs k8s.Interface) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		got, err := askAccess(ctx, cs, jobsNS, "create", "pods", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Status.Allowed {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the API server's authorizer does not know the RoleBinding after a minute: %s", got.Status.Reason)
+		}
 	}
 }
 
@@ -294,7 +318,9 @@ func deploy(t *testing.T, ctx context.Context, cs k8s.Interface, objs []runtime.
 		case *rbacv1.Role:
 			_, err = cs.RbacV1().Roles(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
 		case *rbacv1.RoleBinding:
-			_, err = cs.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+			if _, err = cs.RbacV1().RoleBindings(o.Namespace).Create(ctx, o, metav1.CreateOptions{}); err == nil {
+				awaitBinding(t, ctx, cs)
+			}
 		case *corev1.Secret:
 			if _, ok := o.StringData["config.toml"]; !ok {
 				t.Fatalf("Secret %s has no config.toml", o.Name)
