@@ -218,8 +218,8 @@ func (e *Executor) connect(cfg settings) (*cluster, error) {
 	// client-go's default client-side limit (5 requests/s, burst 10)
 	// caps an executor at under 2 jobs/s whatever the cluster can do:
 	// each job makes about three limited calls (watches and execs are
-	// not limited). kubectl's figures; the API server's own priority and
-	// fairness protects it.
+	// not limited). The API server protects itself (priority and
+	// fairness); the client need not hold jobs back.
 	rc.QPS, rc.Burst = clientQPS, clientBurst
 	cs, err := k8s.NewForConfig(rc)
 	if err != nil {
