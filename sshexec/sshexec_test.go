@@ -58,7 +58,12 @@ func workspace(t *testing.T, c *sshexec.Client) string {
 }
 
 func TestRun(t *testing.T) {
-	s := sshdtest.Start(t)
+	for _, srv := range sshServers {
+		t.Run(srv.name, func(t *testing.T) { testRun(t, srv.start(t)) })
+	}
+}
+
+func testRun(t *testing.T, s *sshdtest.Server) {
 	c := dial(t, s.Config(t))
 	dir := workspace(t, c)
 	big := strings.Repeat("# a script much larger than a command line may be\n", 40000) + "echo big"
@@ -133,8 +138,24 @@ func markerProcesses(marker string) []int {
 // After a cancel nothing of the stage is left on the remote side: not its
 // shell, not its children and grandchildren, not those that ignore
 // SIGTERM. The stage's TERM trap runs within the grace period.
+// sshServers are the SSH servers the stage tests run against: OpenSSH,
+// and Dropbear, which runs a session's command as a child of the
+// session's leader rather than as the leader.
+var sshServers = []struct {
+	name  string
+	start func(testing.TB) *sshdtest.Server
+}{
+	{"openssh", func(t testing.TB) *sshdtest.Server { return sshdtest.Start(t) }},
+	{"dropbear", sshdtest.StartDropbear},
+}
+
 func TestCancel(t *testing.T) {
-	s := sshdtest.Start(t)
+	for _, srv := range sshServers {
+		t.Run(srv.name, func(t *testing.T) { testCancel(t, srv.start(t)) })
+	}
+}
+
+func testCancel(t *testing.T, s *sshdtest.Server) {
 	c := dial(t, s.Config(t))
 	dir := workspace(t, c)
 	tests := []struct {
@@ -233,7 +254,12 @@ while :; do sleep 1000; done`,
 // What a stage leaves running in the background is killed when it ends,
 // and does not keep Run from returning.
 func TestRunKillsLeftovers(t *testing.T) {
-	s := sshdtest.Start(t)
+	for _, srv := range sshServers {
+		t.Run(srv.name, func(t *testing.T) { testRunKillsLeftovers(t, srv.start(t)) })
+	}
+}
+
+func testRunKillsLeftovers(t *testing.T, s *sshdtest.Server) {
 	c := dial(t, s.Config(t))
 	dir := workspace(t, c)
 	var stdout bytes.Buffer

@@ -75,6 +75,22 @@ if [ "$s" = bash ]; then exec bash --noprofile --norc "$f" </dev/null; fi
 exec sh "$f" </dev/null
 `
 
+// stageLauncher runs stageScript ($1, the rest its arguments) as the
+// leader of its process group, which a cancel signals: sshd makes a
+// session's command the leader of a new session and group, Dropbear runs
+// it as a child of the session's leader, so there the script is started
+// again under setsid (same pid, a session and group of its own). Without
+// /proc or setsid it runs as it is.
+const stageLauncher = `s_text=$1; shift
+if [ -r "/proc/$$/stat" ] && command -v setsid >/dev/null 2>&1; then
+  s_pg() { set -f; set -- $1; set +f; s_g=$3; }
+  read -r s_l <"/proc/$$/stat"
+  s_pg "${s_l##*) }"
+  if [ "$s_g" != "$$" ]; then exec setsid /bin/sh -c "$s_text" berth-stage "$@"; fi
+fi
+eval "$s_text"
+`
+
 // aliveFunc defines alive G: whether a process of group G is running.
 // Zombies do not count (they have ended and only wait to be reaped, which
 // may never happen under a PID 1 that does not reap).
@@ -134,7 +150,7 @@ func (c *Client) Run(ctx context.Context, st Stage) (int, error) {
 	_, _ = rand.Read(nonceBytes)
 	nonce := hex.EncodeToString(nonceBytes)
 	tmp := st.Dir + ".tmp"
-	p, err := c.start(shellCommand(stageScript, "berth-stage", nonce, st.Dir, tmp, st.Shell, strconv.Itoa(len(st.Script))))
+	p, err := c.start(shellCommand(stageLauncher, "berth-stage", stageScript, nonce, st.Dir, tmp, st.Shell, strconv.Itoa(len(st.Script))))
 	if err != nil {
 		return -1, err
 	}

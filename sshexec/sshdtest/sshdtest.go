@@ -251,17 +251,22 @@ func Start(t testing.TB, opts ...Option) *Server {
 }
 
 func (s *Server) start(t testing.TB, cfgFile string) error {
+	return s.run(t, exec.Command(SSHD, "-D", "-e", "-f", cfgFile))
+}
+
+// run starts a server that stays in the foreground, logging to s.logFile,
+// and waits until it listens on s.Addr().
+func (s *Server) run(t testing.TB, cmd *exec.Cmd) error {
 	logf, err := os.OpenFile(s.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	cmd := exec.Command(SSHD, "-D", "-e", "-f", cfgFile)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group: a terminal's signals are not for it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("starting %s: %w", SSHD, err)
+		return fmt.Errorf("starting %s: %w", cmd.Path, err)
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
@@ -274,13 +279,13 @@ func (s *Server) start(t testing.TB, cfgFile string) error {
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("sshd exited at start: %s", s.Log())
+			return fmt.Errorf("%s exited at start: %s", cmd.Path, s.Log())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			_ = cmd.Process.Kill()
 			<-exited
-			return fmt.Errorf("sshd did not listen on %s within 10 s: %s", s.Addr(), s.Log())
+			return fmt.Errorf("%s did not listen on %s within 10 s: %s", cmd.Path, s.Addr(), s.Log())
 		}
 	}
 	s.cmd, s.exited = cmd, exited
