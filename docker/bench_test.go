@@ -89,16 +89,7 @@ func TestBenchmark(t *testing.T) {
 	// Warm up both paths once.
 	timed(job)
 	timed(plain)
-	var a, b []time.Duration
-	for i := range rounds {
-		if i%2 == 0 {
-			a = append(a, timed(job))
-			b = append(b, timed(plain))
-		} else {
-			b = append(b, timed(plain))
-			a = append(a, timed(job))
-		}
-	}
+	a, b := benchstat.Alternate(rounds, func() time.Duration { return timed(job) }, func() time.Duration { return timed(plain) })
 	serial = false
 	concurrent := func(f func() error) time.Duration {
 		start := time.Now()
@@ -151,14 +142,7 @@ func TestBenchmark(t *testing.T) {
 		cmd.Stdout = io.Discard
 		return cmd.Run()
 	}
-	var ta, tb []time.Duration
-	for i := range 4 {
-		if i%2 == 0 {
-			ta, tb = append(ta, timed(step)), append(tb, timed(cli))
-		} else {
-			tb, ta = append(tb, timed(cli)), append(ta, timed(step))
-		}
-	}
+	ta, tb := benchstat.Alternate(4, func() time.Duration { return timed(step) }, func() time.Duration { return timed(cli) })
 	mibs := func(d time.Duration) float64 { return mib / d.Seconds() }
 	if err := e.Cleanup(context.Background(), h); err != nil {
 		t.Fatal(err)

@@ -214,16 +214,8 @@ func TestBenchmark(t *testing.T) {
 	timed(countedJob)
 	timed(fastJob)
 	phases, record = &serialPhases, &jobPods
-	var a, b benchSamples
-	for i := range rounds {
-		if i%2 == 0 {
-			a = append(a, timed(job))
-			b = append(b, timed(plain))
-		} else {
-			b = append(b, timed(plain))
-			a = append(a, timed(job))
-		}
-	}
+	sa, sb := benchstat.Alternate(rounds, func() time.Duration { return timed(job) }, func() time.Duration { return timed(plain) })
+	a, b := benchSamples(sa), benchSamples(sb)
 	record = nil
 
 	// A step's Run against a bare exec of `true` (no wrapper, no stdin)
@@ -251,14 +243,8 @@ func TestBenchmark(t *testing.T) {
 		}
 		return err
 	}
-	var ra, rb benchSamples
-	for i := range 2 * rounds {
-		if i%2 == 0 {
-			ra, rb = append(ra, timed(step)), append(rb, timed(bareExec))
-		} else {
-			rb, ra = append(rb, timed(bareExec)), append(ra, timed(step))
-		}
-	}
+	sra, srb := benchstat.Alternate(2*rounds, func() time.Duration { return timed(step) }, func() time.Duration { return timed(bareExec) })
+	ra, rb := benchSamples(sra), benchSamples(srb)
 	if err := e.Cleanup(context.Background(), h); err != nil {
 		t.Fatal(err)
 	}

@@ -42,3 +42,18 @@ func LoadAverage() string {
 	}
 	return strings.Join(f[:3], " ")
 }
+
+// Alternate measures a and b n times each, alternating which goes first
+// (A B B A …) so that the noise and drift of a shared machine hit both.
+func Alternate(n int, a, b func() time.Duration) (sa, sb []time.Duration) {
+	for i := range n {
+		if i%2 == 0 {
+			sa = append(sa, a())
+			sb = append(sb, b())
+		} else {
+			sb = append(sb, b())
+			sa = append(sa, a())
+		}
+	}
+	return sa, sb
+}

@@ -25,3 +25,11 @@ func TestQuantile(t *testing.T) {
 		t.Errorf("Ms = %q", got)
 	}
 }
+
+func TestAlternate(t *testing.T) {
+	var order string
+	sa, sb := Alternate(4, func() time.Duration { order += "a"; return 1 }, func() time.Duration { order += "b"; return 2 })
+	if order != "abbaabba" || len(sa) != 4 || len(sb) != 4 || sa[3] != 1 || sb[3] != 2 {
+		t.Errorf("order %s, samples %v %v", order, sa, sb)
+	}
+}
