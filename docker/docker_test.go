@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/moby/moby/api/types/registry"
 	"github.com/moby/moby/client"
 
+	"github.com/berthci/berth/internal/syncbuf"
 	"github.com/berthci/berth/sdk"
 )
 
@@ -57,24 +57,6 @@ func prepare(t *testing.T, e *Executor, job sdk.Job) sdk.Handle {
 	return h
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent use.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // result is how a step ended.
 type result struct {
 	code           int
@@ -89,10 +71,10 @@ func run(t *testing.T, e *Executor, h sdk.Handle, script string) result {
 	return runCtx(t, t.Context(), e, h, script, nil, nil)
 }
 
-func runCtx(t *testing.T, ctx context.Context, e *Executor, h sdk.Handle, script string, stdout, stderr *syncBuffer) result {
+func runCtx(t *testing.T, ctx context.Context, e *Executor, h sdk.Handle, script string, stdout, stderr *syncbuf.Buffer) result {
 	t.Helper()
 	if stdout == nil {
-		stdout, stderr = &syncBuffer{}, &syncBuffer{}
+		stdout, stderr = &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	}
 	done := make(chan result, 1)
 	go func() {
@@ -282,7 +264,7 @@ setsid sleep 1232 &
 echo ready
 while :; do sleep 1233; done`
 	ctx, cancel := context.WithCancel(t.Context())
-	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	stdout, stderr := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	done := make(chan result, 1)
 	go func() { done <- runCtx(t, ctx, e, h, script, stdout, stderr) }()
 	deadline := time.After(time.Minute)
@@ -450,7 +432,7 @@ func TestBashFallsBackToSh(t *testing.T) {
 	image := testImage(t, c, "berth-test/busybox", imageOptions{})
 	e := newExecutor(t, nil)
 	h := prepare(t, e, newJob(image))
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	code, err := e.Run(t.Context(), h, sdk.Step{Name: "bash", Script: "echo hello\n", Shell: "bash"}, sdk.Output{Stdout: &stdout, Stderr: &stderr})
 	if err != nil || code != 0 || stdout.String() != "hello\n" {
 		t.Fatalf("a bash step in an image without bash ended with code %d, error %v, stdout %q", code, err, stdout.String())

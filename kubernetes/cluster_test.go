@@ -13,7 +13,6 @@ import (
 	"net/http/httptest"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	k8s "k8s.io/client-go/kubernetes"
 
 	"github.com/berthci/berth/internal/k8stest"
+	"github.com/berthci/berth/internal/syncbuf"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/sdk/sdktest"
 )
@@ -89,27 +89,9 @@ func prepare(t *testing.T, e *Executor, job sdk.Job) sdk.Handle {
 	return h
 }
 
-// syncBuffer is a buffer safe for concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func run(t *testing.T, ctx context.Context, e *Executor, h sdk.Handle, script string) (int, string, string, error) {
 	t.Helper()
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	code, err := e.Run(ctx, h, sdk.Step{Name: "script", Script: script, Shell: "sh", GracePeriod: 2 * time.Second}, sdk.Output{Stdout: &stdout, Stderr: &stderr})
 	return code, stdout.String(), stderr.String(), err
 }
@@ -194,7 +176,7 @@ func TestCancelAndTimeoutLeaveNothing(t *testing.T) {
 			if _, err := cs.CoreV1().Secrets(st.Namespace).Get(t.Context(), st.Secret, metav1.GetOptions{}); err != nil {
 				t.Fatalf("the job's pull Secret while it runs: %v", err)
 			}
-			var stdout, stderr syncBuffer
+			var stdout, stderr syncbuf.Buffer
 			ctx, cancel := tt.stop(t.Context(), func() bool { return strings.Contains(stdout.String(), "started") })
 			defer cancel()
 			_, err = e.Run(ctx, h, sdk.Step{Name: "script", Script: "echo started\nsleep 300\n", Shell: "sh", GracePeriod: time.Second}, sdk.Output{Stdout: &stdout, Stderr: &stderr})
@@ -249,7 +231,7 @@ func TestDeletedPodIsAFailure(t *testing.T) {
 	e, cs := testExecutor(t, nil)
 	h := prepare(t, e, sdk.Job{})
 	st, _ := decodeState(h)
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	done := make(chan error, 1)
 	go func() {
 		_, err := e.Run(t.Context(), h, sdk.Step{Name: "script", Script: "echo started\nsleep 300\n", Shell: "sh"}, sdk.Output{Stdout: &stdout, Stderr: &stderr})

@@ -12,6 +12,7 @@ import (
 
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/berthci/berth/internal/syncbuf"
 	"github.com/berthci/berth/sdk"
 )
 
@@ -110,7 +111,7 @@ func TestBrokenExecConnectionIsResumed(t *testing.T) {
 	proxy := newCuttingProxy(t, apiServer, 6<<20)
 	e, _ := testExecutor(t, map[string]any{"host": "https://" + proxy.ln.Addr().String()})
 	h := prepare(t, e, sdk.Job{Image: sdk.Image{Name: busyboxImage}})
-	var stdout, stderr syncBuffer
+	var stdout, stderr syncbuf.Buffer
 	code, err := e.Run(t.Context(), h, sdk.Step{Name: "script", Shell: "sh",
 		Script: "echo begin >&2\nseq 1 2500000\necho end >&2\nexit 5\n"}, sdk.Output{Stdout: &stdout, Stderr: &stderr})
 	if err != nil || code != 5 {

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/berthci/berth/internal/syncbuf"
 	"github.com/berthci/berth/sdk"
 )
 
@@ -143,7 +144,7 @@ func TestRedact(t *testing.T) {
 
 // fakeExecutor is an executor talking to a fake clientset whose pods run
 // as soon as they are created, logging to logs.
-func fakeExecutor(t *testing.T, raw map[string]any, logs *syncBuffer) (*Executor, *fake.Clientset) {
+func fakeExecutor(t *testing.T, raw map[string]any, logs *syncbuf.Buffer) (*Executor, *fake.Clientset) {
 	t.Helper()
 	cfg, err := decodeSettings(raw)
 	if err != nil {
@@ -170,7 +171,7 @@ func TestPullSecretWithFakeCluster(t *testing.T) {
 	job := sdk.Job{ID: "fake-1", Image: sdk.Image{Name: "busybox"}, Timeout: time.Hour,
 		Credentials: []sdk.Credential{{Registry: "registry.example.com", Username: "u", Password: password}}}
 	name := pullSecretName(job.ID)
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	e, cs := fakeExecutor(t, map[string]any{"namespace": "ci"}, &logs)
 	// A Secret an earlier attempt left, owned by that attempt's pod.
 	_, err := cs.CoreV1().Secrets("ci").Create(t.Context(), &corev1.Secret{ObjectMeta: metav1.ObjectMeta{
@@ -252,7 +253,7 @@ func TestFailedPrepareHidesAndDeletesTheSecret(t *testing.T) {
 		}, want: "exceeded quota"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			var logs syncBuffer
+			var logs syncbuf.Buffer
 			e, cs := fakeExecutor(t, map[string]any{"namespace": "ci"}, &logs)
 			cs.PrependReactor("create", c.resource, func(a k8stesting.Action) (bool, runtime.Object, error) {
 				return true, nil, c.cause(a.(k8stesting.CreateAction).GetObject())

@@ -12,13 +12,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-plugin"
 
+	"github.com/berthci/berth/internal/syncbuf"
 	"github.com/berthci/berth/internal/testplugin"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/shell"
@@ -58,26 +58,8 @@ func shellPlugin() Plugin {
 	return Plugin{Name: "shell", Path: berthBin, Args: []string{"__serve-executor", "shell"}, Builtin: true}
 }
 
-// lockedBuffer collects log output written from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func TestStartDescribesAndLogsTaggedWithName(t *testing.T) {
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	inst, err := Start(context.Background(), shellPlugin(), StartOptions{Log: log})
 	if err != nil {

@@ -18,34 +18,17 @@ import (
 
 	"github.com/berthci/berth/host/config"
 	"github.com/berthci/berth/host/gitlab/gitlabtest"
+	"github.com/berthci/berth/internal/syncbuf"
 )
-
-// lockedBuffer is a process's output, safe to read while it runs.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // startBerth starts the berth binary in the background; the test's end
 // kills it if it still runs.
-func startBerth(t *testing.T, dir string, args ...string) (*exec.Cmd, *lockedBuffer) {
+func startBerth(t *testing.T, dir string, args ...string) (*exec.Cmd, *syncbuf.Buffer) {
 	t.Helper()
 	cmd := exec.Command(berthBin, args...)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "XDG_DATA_HOME="+t.TempDir())
-	out := &lockedBuffer{}
+	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -60,7 +43,7 @@ func startBerth(t *testing.T, dir string, args ...string) (*exec.Cmd, *lockedBuf
 }
 
 // waitExit waits (bounded) for the process to end and returns its code.
-func waitExit(t *testing.T, cmd *exec.Cmd, out *lockedBuffer, bound time.Duration) int {
+func waitExit(t *testing.T, cmd *exec.Cmd, out *syncbuf.Buffer, bound time.Duration) int {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -301,7 +284,7 @@ func TestRunReloadsConfigWhileAJobRunsAndServesMetrics(t *testing.T) {
 	}
 }
 
-func waitForOutput(t *testing.T, out *lockedBuffer, want string) {
+func waitForOutput(t *testing.T, out *syncbuf.Buffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for !strings.Contains(out.String(), want) {

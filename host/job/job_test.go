@@ -1,7 +1,6 @@
 package job
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 
 	"github.com/berthci/berth/host/script"
+	"github.com/berthci/berth/internal/syncbuf"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/sdk/archive"
 	"github.com/berthci/berth/shell"
@@ -49,24 +49,6 @@ func shellRunner(t *testing.T) (*Runner, string) {
 	builds := t.TempDir()
 	cl, info := client(t, shell.New(), map[string]any{"builds_dir": builds})
 	return &Runner{Executor: cl, Info: info, GracePeriod: 2 * time.Second, Version: "test"}, builds
-}
-
-// syncBuffer is a trace sink safe to read while the job writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestRunResults(t *testing.T) {
@@ -121,7 +103,7 @@ func TestRunResults(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.job.ID = "results-" + string(rune('a'+i))
 			tt.job.Name = tt.name
-			var log syncBuffer
+			var log syncbuf.Buffer
 			res := r.Run(context.Background(), tt.job, &log)
 			if res.Status != tt.status || res.ExitCode != tt.code || res.FailureReason != tt.reason || res.AllowedToFail != tt.allowed {
 				t.Errorf("result = %+v, want status %s code %d reason %q allowed %v\ntrace:\n%s", res, tt.status, tt.code, tt.reason, tt.allowed, log.String())
@@ -157,7 +139,7 @@ func TestMaskedValueSplitAcrossChunksNeverReachesTrace(t *testing.T) {
 		},
 		Variables: []script.Variable{{Key: "S", Value: secret, Masked: true}},
 	}
-	var log syncBuffer
+	var log syncbuf.Buffer
 	res := r.Run(context.Background(), j, &log)
 	if res.Status != Success {
 		t.Fatalf("job failed: %+v\n%s", res, log.String())
@@ -207,7 +189,7 @@ func TestGracefulCancelRunsAfterScriptAbortDoesNot(t *testing.T) {
 					close(cancel)
 				}
 			}()
-			var log syncBuffer
+			var log syncbuf.Buffer
 			res := r.Run(ctx, j, &log)
 			if res.Status != Canceled {
 				t.Errorf("status %s, want canceled (%v)\n%s", res.Status, res.Err, log.String())
@@ -231,7 +213,7 @@ func TestFileVariable(t *testing.T) {
 		},
 		Variables: []script.Variable{{Key: "CONF", Value: "line1\nline 'two'\n", File: true}},
 	}
-	var log syncBuffer
+	var log syncbuf.Buffer
 	res := r.Run(context.Background(), j, &log)
 	if res.Status != Success {
 		t.Fatalf("job failed: %+v\n%s", res, log.String())
@@ -286,7 +268,7 @@ func TestSystemFailures(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cl, info := client(t, tc.be, map[string]any{"builds_dir": t.TempDir()})
 			r := &Runner{Executor: cl, Info: info}
-			var log syncBuffer
+			var log syncbuf.Buffer
 			res := r.Run(context.Background(), Job{ID: "sys", Name: "sys", Script: []string{"true"}}, &log)
 			if res.Status != Failed || res.FailureReason != SystemFailure || !strings.Contains(res.Err.Error(), tc.want) {
 				t.Errorf("result %+v, want a system failure saying %q", res, tc.want)
@@ -314,7 +296,7 @@ func TestInputsAreUploaded(t *testing.T) {
 			return archiveWrite(ctx, w, src)
 		}}},
 	}
-	var log syncBuffer
+	var log syncbuf.Buffer
 	if res := r.Run(context.Background(), j, &log); res.Status != Success {
 		t.Fatalf("job failed: %+v\n%s", res, log.String())
 	}
@@ -361,7 +343,7 @@ func TestOutputsAreCollectedWhenAsked(t *testing.T) {
 				Script:  []string{"mkdir out", "echo made > out/result.txt", "exit " + tc.exit},
 				Outputs: []Output{{Name: "artifacts", Paths: []string{"out", "missing"}, When: tc.when, Read: collect(&got)}},
 			}
-			var log syncBuffer
+			var log syncbuf.Buffer
 			r.Run(context.Background(), j, &log)
 			if (len(got) == 1) != tc.collected || (tc.collected && got[0] != "made\n") {
 				t.Errorf("collected %q, want collected=%v\n%s", got, tc.collected, log.String())
@@ -375,7 +357,7 @@ func TestOutputsAreCollectedWhenAsked(t *testing.T) {
 				return errors.New("artifact store is full")
 			}}},
 		}
-		var log syncBuffer
+		var log syncbuf.Buffer
 		res := r.Run(context.Background(), j, &log)
 		if res.Status != Failed || res.FailureReason != SystemFailure || !strings.Contains(log.String(), "artifact store is full") {
 			t.Errorf("result %+v; want a system failure naming the reader's error\n%s", res, log.String())
@@ -414,7 +396,7 @@ func TestJobWithoutTimeoutFitsTheExecutorsLimit(t *testing.T) {
 		t.Fatalf("MaxJobTimeout did not cross the wire: %v", info.Capabilities.MaxJobTimeout)
 	}
 	r := &Runner{Executor: cl, Info: info}
-	var log syncBuffer
+	var log syncbuf.Buffer
 	r.Run(context.Background(), Job{ID: "limit-default", Name: "a", Script: []string{"true"}}, &log)
 	r.Run(context.Background(), Job{ID: "limit-own", Name: "b", Script: []string{"true"}, Timeout: 20 * time.Minute}, &log)
 	want := []time.Duration{15 * time.Minute, 20 * time.Minute} // a job's own timeout is kept (Prepare may refuse it)
@@ -441,7 +423,7 @@ func TestExecutorVariablesReachPrepare(t *testing.T) {
 	re := &recordingExecutor{Executor: shell.New()}
 	cl, info := client(t, re, map[string]any{"builds_dir": t.TempDir()})
 	r := &Runner{Executor: cl, Info: info}
-	var log syncBuffer
+	var log syncbuf.Buffer
 	r.Run(context.Background(), Job{ID: "execvars", Name: "v", Script: []string{"true"},
 		Variables: []script.Variable{
 			{Key: "DOCKER_AUTH_CONFIG", Value: `{"auths":{}}`, Masked: true},

@@ -22,6 +22,7 @@ import (
 	"github.com/berthci/berth/host/job"
 	"github.com/berthci/berth/host/sources"
 	"github.com/berthci/berth/host/spool"
+	"github.com/berthci/berth/internal/syncbuf"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/shell"
 )
@@ -48,31 +49,13 @@ func shellBackend(t *testing.T) Backend {
 	return Backend{Jobs: &job.Runner{Executor: cl, Info: info, GracePeriod: 2 * time.Second, Version: "test"}, Info: info}
 }
 
-// syncBuffer collects the service's log.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type env struct {
 	coord    *gitlabtest.Server
 	repo     *gitlabtest.Repo
 	sha      string
 	token    string
 	svc      *Service
-	log      *syncBuffer
+	log      *syncbuf.Buffer
 	spoolDir string
 	cacheDir string
 	cancel   context.CancelFunc
@@ -88,7 +71,7 @@ func start(t *testing.T, coord *gitlabtest.Server, opts ...envOption) *env {
 	if coord == nil {
 		coord = gitlabtest.New(t)
 	}
-	e := &env{coord: coord, token: coord.AddRunner(), log: &syncBuffer{}, spoolDir: t.TempDir(), cacheDir: t.TempDir()}
+	e := &env{coord: coord, token: coord.AddRunner(), log: &syncbuf.Buffer{}, spoolDir: t.TempDir(), cacheDir: t.TempDir()}
 	e.repo = coord.CreateRepo("group/project", map[string]string{"README.md": "hello\n"})
 	e.sha = gitlabtest.Git(t, e.repo.Work, "rev-parse", "HEAD")
 	be := shellBackend(t)

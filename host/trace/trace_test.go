@@ -8,30 +8,14 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/berthci/berth/internal/syncbuf"
 )
-
-// lockedBuffer is a sink that the test may read while the trace writes.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 func TestTraceConcurrentWriters(t *testing.T) {
 	const writers, lines = 8, 200
 	secret := "pa55-w0rd"
-	var sink lockedBuffer
+	var sink syncbuf.Buffer
 	tr := New(&sink, Options{Secrets: []string{secret}, Limit: -1})
 	var wg sync.WaitGroup
 	for g := range writers {

@@ -5,7 +5,6 @@
 package registrytest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/berthci/berth/internal/syncbuf"
 )
 
 // Binary is where Debian's docker-registry package puts the registry.
@@ -34,7 +35,7 @@ type Registry struct {
 	Host string
 
 	cmd  *exec.Cmd
-	log  *lockedBuffer
+	log  *syncbuf.Buffer
 	done chan struct{}
 	once sync.Once
 }
@@ -92,7 +93,7 @@ http:
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		return nil, err
 	}
-	r := &Registry{Host: host, log: &lockedBuffer{}, done: make(chan struct{})}
+	r := &Registry{Host: host, log: &syncbuf.Buffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(bin, "serve", cfgPath)
 	// Its own environment: REGISTRY_* variables would override the
 	// configuration.
@@ -162,20 +163,3 @@ func (r *Registry) Stop() {
 
 // Log is what the registry printed.
 func (r *Registry) Log() string { return r.log.String() }
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
