@@ -25,6 +25,7 @@ import (
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 
+	"github.com/berthci/berth/internal/stepwrap"
 	"github.com/berthci/berth/sdk"
 )
 
@@ -38,21 +39,6 @@ const (
 	// defaultJobTimeout stands in for a job that has none.
 	defaultJobTimeout = time.Hour
 )
-
-// keepAlive is the job container's main process: it only waits (and, as
-// PID 1, reaps the orphans of killed steps). Without sleep in the image it
-// blocks reading its stdin, which stays open. Its first line on stdout
-// tells Prepare that it runs: an image's entrypoint that does not run the
-// command it is given ends the container instead.
-const keepAlive = `trap 'exit 0' TERM
-echo ` + readyLine + `
-if command -v sleep >/dev/null 2>&1; then
-	while :; do sleep 3600 & wait $!; done
-fi
-while read -r _; do :; done`
-
-// readyLine is what keepAlive prints first.
-const readyLine = "berth-job-container-ready"
 
 // jobState is what a prepared job keeps in its Handle.State.
 type jobState struct {
@@ -384,7 +370,7 @@ func (e *Executor) startJobContainer(ctx context.Context, c *client.Client, p pl
 	doing := fmt.Sprintf("job %q: starting the job container from image %q", p.job.ID, p.image.name)
 	conf := &container.Config{
 		Image:      p.image.name,
-		Cmd:        []string{"sh", "-c", keepAlive},
+		Cmd:        stepwrap.KeepAlive(),
 		WorkingDir: p.buildDir,
 		Labels:     p.labels("job"),
 		User:       cfg.User,
@@ -460,25 +446,25 @@ func (e *Executor) startJobContainer(ctx context.Context, c *client.Client, p pl
 	return res.ID, nil
 }
 
-// errReady stops reading the job container's log at keepAlive's first line.
+// errReady stops reading the job container's log at the keep-alive's first line.
 var errReady = errors.New("ready")
 
-// readyWatch fails with errReady once readyLine has been written to it.
+// readyWatch fails with errReady once stepwrap.ReadyLine has been written to it.
 type readyWatch struct{ buf []byte }
 
 func (w *readyWatch) Write(p []byte) (int, error) {
 	w.buf = append(w.buf, p...)
-	if bytes.Contains(w.buf, []byte(readyLine+"\n")) {
+	if bytes.Contains(w.buf, []byte(stepwrap.ReadyLine+"\n")) {
 		return len(p), errReady
 	}
 	if len(w.buf) > 64<<10 {
 		// An entrypoint that talks before it runs its command: keep the end.
-		w.buf = w.buf[len(w.buf)-len(readyLine)-1:]
+		w.buf = w.buf[len(w.buf)-len(stepwrap.ReadyLine)-1:]
 	}
 	return len(p), nil
 }
 
-// awaitKeepAlive waits until the job container's keepAlive runs, following
+// awaitKeepAlive waits until the job container's keep-alive runs, following
 // its log. Without it, a step's exec could start in a container whose
 // entrypoint is about to end it, and run, or not, by chance.
 func (e *Executor) awaitKeepAlive(ctx context.Context, c *client.Client, id, image string) error {
@@ -496,7 +482,7 @@ func (e *Executor) awaitKeepAlive(ctx context.Context, c *client.Client, id, ima
 	case ctx.Err() != nil:
 		return fmt.Errorf("its main process did not start within %s: %w", controlTimeout, context.Cause(ctx))
 	}
-	// The log ended: the container stopped before keepAlive ran.
+	// The log ended: the container stopped before the keep-alive ran.
 	msg := "the job container (image " + strconv.Quote(image) + ") has stopped"
 	ictx, icancel := context.WithTimeout(context.WithoutCancel(ctx), controlTimeout)
 	defer icancel()

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/berthci/berth/internal/stepwrap"
 	"github.com/berthci/berth/sdk"
 )
 
@@ -26,14 +27,6 @@ const (
 	// defaultJobTimeout is assumed for a job without a timeout.
 	defaultJobTimeout = 3 * time.Hour
 )
-
-// keepAlive is the build container's main process: it only waits, and
-// ends at once on SIGTERM. Its first line on stdout (readyLine) tells
-// Prepare that it runs, for a job whose entrypoint runs first.
-var keepAlive = []string{"sh", "-c", `trap 'exit 0' TERM INT; echo ` + readyLine + `; while :; do sleep 3600 & wait $!; done`}
-
-// readyLine is what keepAlive prints first.
-const readyLine = "berth-job-container-ready"
 
 // jobEntrypoint is the job's own entrypoint for the build container, nil
 // when it has none or clears the image's with [""]. The image's own
@@ -88,7 +81,9 @@ func podSpec(cfg settings, job sdk.Job, now time.Time) (*corev1.Pod, error) {
 		Name:            buildContainer,
 		Image:           image,
 		ImagePullPolicy: policy,
-		Command:         keepAlive,
+		Command:         stepwrap.KeepAlive(),
+		// The keep-alive waits on its stdin in an image without sleep.
+		Stdin:           true,
 		WorkingDir:      cfg.BuildsDir,
 		VolumeMounts:    mounts,
 		Resources:       cfg.build,
@@ -125,7 +120,7 @@ func podSpec(cfg settings, job sdk.Job, now time.Time) (*corev1.Pod, error) {
 	if ep := jobEntrypoint(job.Image); ep != nil {
 		// The entrypoint gets the keep-alive as its command, which it
 		// must run (exec "$@"): Prepare waits for the keep-alive's line.
-		containers[0].Command, containers[0].Args = ep, keepAlive
+		containers[0].Command, containers[0].Args = ep, stepwrap.KeepAlive()
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{

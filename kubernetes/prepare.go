@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/watch"
 
+	"github.com/berthci/berth/internal/stepwrap"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/sdk/archive"
 )
@@ -91,7 +92,7 @@ func (c *cluster) awaitKeepAlive(ctx context.Context, st jobState, image string)
 	sc := bufio.NewScanner(r)
 	var last []string
 	for sc.Scan() {
-		if sc.Text() == readyLine {
+		if sc.Text() == stepwrap.ReadyLine {
 			return nil
 		}
 		if last = append(last, sc.Text()); len(last) > 10 {

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/berthci/berth/internal/stepwrap"
 	"github.com/berthci/berth/sdk"
 )
 
@@ -523,9 +524,9 @@ func TestPodSpecEntrypoint(t *testing.T) {
 		command    []string
 		args       []string
 	}{
-		{"none: the keep-alive replaces the image's", nil, keepAlive, nil},
-		{"cleared", []string{""}, keepAlive, nil},
-		{"the job's, given the keep-alive", []string{"/init", "--"}, []string{"/init", "--"}, keepAlive},
+		{"none: the keep-alive replaces the image's", nil, stepwrap.KeepAlive(), nil},
+		{"cleared", []string{""}, stepwrap.KeepAlive(), nil},
+		{"the job's, given the keep-alive", []string{"/init", "--"}, []string{"/init", "--"}, stepwrap.KeepAlive()},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			pod, err := podSpec(cfg, sdk.Job{ID: "1", Image: sdk.Image{Name: "img", Entrypoint: tt.entrypoint}}, time.Now())

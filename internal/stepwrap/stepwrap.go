@@ -2,7 +2,8 @@
 // (docker, kubernetes) run each step under: a POSIX sh script that makes
 // the step the leader of its own process group inside the container, kills
 // what the step leaves behind, and signals the group on cancel (see
-// step.sh for its modes).
+// step.sh for its modes); and the keep-alive those containers run as their
+// main process while steps come and go.
 package stepwrap
 
 import _ "embed"
@@ -19,3 +20,23 @@ var script string
 func Command(args ...string) []string {
 	return append([]string{"sh", "-c", `BERTH_STEP_SH=$1; shift; eval "$BERTH_STEP_SH"`, "berth-step", script}, args...)
 }
+
+// ReadyLine is KeepAlive's first line on stdout: an executor that sees it
+// knows the container's main process runs (a job's entrypoint, which runs
+// first, ran it rather than ending the container).
+const ReadyLine = "berth-job-container-ready"
+
+// keepAliveScript only waits: as PID 1 it reaps the orphans of killed
+// steps; it ends at once on SIGTERM or SIGINT. Without sleep in the image
+// it waits reading its stdin, which the container keeps open.
+const keepAliveScript = `trap 'exit 0' TERM INT
+echo ` + ReadyLine + `
+if command -v sleep >/dev/null 2>&1; then
+	while :; do sleep 3600 & wait $!; done
+fi
+while read -r _; do :; done`
+
+// KeepAlive returns the argv of a job container's main process for the
+// executors that run each step with an exec into a long-lived container.
+// The container must keep its stdin open (see keepAliveScript).
+func KeepAlive() []string { return []string{"sh", "-c", keepAliveScript} }

@@ -1,6 +1,7 @@
 package stepwrap
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -121,5 +123,51 @@ func TestFollowWithoutOutput(t *testing.T) {
 	_, stderr, code := wrapper(t, "", -1, "follow", filepath.Join(t.TempDir(), "none"), "0", "0")
 	if code != 125 || !strings.Contains(stderr, "not there to resume") {
 		t.Errorf("follow of nothing: exit %d, stderr %q; want 125 saying there is nothing to resume", code, stderr)
+	}
+}
+
+// TestKeepAlive: the keep-alive says it runs, waits, and ends on SIGTERM;
+// without sleep it waits on its stdin and ends when that closes.
+func TestKeepAlive(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		path string
+		stop func(cmd *exec.Cmd, stdin io.Closer)
+	}{
+		{"with sleep, SIGTERM", os.Getenv("PATH"), func(cmd *exec.Cmd, _ io.Closer) { _ = cmd.Process.Signal(syscall.SIGTERM) }},
+		{"without sleep, stdin closed", "/nonexistent", func(_ *exec.Cmd, stdin io.Closer) { stdin.Close() }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			argv := KeepAlive()
+			sh, err := exec.LookPath(argv[0])
+			if err != nil {
+				t.Skip(err)
+			}
+			cmd := exec.Command(sh, argv[1:]...)
+			cmd.Env = []string{"PATH=" + tt.path}
+			// A group of its own: its sleep outlives it here (in a
+			// container, as PID 1, it takes everything with it).
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+			defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }()
+			stdin, err := cmd.StdinPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			stdout, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			line, err := bufio.NewReader(stdout).ReadString('\n')
+			if err != nil || line != ReadyLine+"\n" {
+				t.Fatalf("first line %q (%v); want %q", line, err, ReadyLine)
+			}
+			tt.stop(cmd, stdin)
+			if err := cmd.Wait(); err != nil {
+				t.Errorf("the keep-alive ended with %v; want exit 0", err)
+			}
+		})
 	}
 }
