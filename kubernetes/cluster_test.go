@@ -18,6 +18,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	k8s "k8s.io/client-go/kubernetes"
@@ -558,6 +559,40 @@ func TestMissingImageLeavesNoSecret(t *testing.T) {
 	}
 	podGone(t, cs, "default", podName(job.ID), "after a failed Prepare")
 	secretGone(t, cs, "default", pullSecretName(job.ID), "after a failed Prepare")
+}
+
+// TestRefusedPodLeavesNoSecret: the API server refuses the job's pod (a
+// ResourceQuota allowing no pods in the namespace): Prepare says why at
+// once, and the Secret made before the pod is gone.
+func TestRefusedPodLeavesNoSecret(t *testing.T) {
+	_, cs := testCluster(t)
+	ns := "berth-quota-" + jobID(t)[len(jobID(t))-8:]
+	if _, err := cs.CoreV1().Namespaces().Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cs.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	quota := &corev1.ResourceQuota{ObjectMeta: metav1.ObjectMeta{Name: "no-pods"},
+		Spec: corev1.ResourceQuotaSpec{Hard: corev1.ResourceList{corev1.ResourcePods: resource.MustParse("0")}}}
+	if _, err := cs.CoreV1().ResourceQuotas(ns).Create(t.Context(), quota, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e, _ := testExecutor(t, map[string]any{"namespace": ns})
+	job := credentialJob(t, "registry.berth-test.invalid")
+	job.Image.Name = busyboxImage
+	job.Timeout = time.Minute
+	t.Cleanup(func() { _ = e.Cleanup(context.Background(), sdk.Handle{JobID: job.ID}) })
+	// The quota controller fills in the quota's status shortly after it
+	// is made; until then the API server refuses pods for that reason.
+	_, err := e.Prepare(t.Context(), job)
+	if err == nil || !strings.Contains(err.Error(), "forbidden") {
+		t.Fatalf("Prepare in a namespace allowing no pods: %v; want the API server's refusal", err)
+	}
+	if strings.Contains(err.Error(), job.Credentials[0].Password) {
+		t.Errorf("the password is in the error: %v", err)
+	}
+	t.Logf("Prepare: %v", err)
+	podGone(t, cs, ns, podName(job.ID), "after a refused pod")
+	secretGone(t, cs, ns, pullSecretName(job.ID), "after a refused pod")
 }
 
 func TestCancelledPrepareLeavesNoSecret(t *testing.T) {

@@ -3,7 +3,6 @@ package kubernetes
 import (
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -143,7 +142,12 @@ func TestRedact(t *testing.T) {
 }
 
 // fakeExecutor is an executor talking to a fake clientset whose pods run
-// as soon as they are created, logging to logs.
+// as soon as they are created, logging to logs. A fake stands only where a
+// real API server cannot be made to do what the test needs: show the order
+// of the calls, or refuse a Secret quoting its data back (a webhook's
+// doing). The same paths run against the real cluster in
+// TestPullSecretLifecycle, TestRefusedPodLeavesNoSecret and the others of
+// cluster_test.go.
 func fakeExecutor(t *testing.T, raw map[string]any, logs *syncbuf.Buffer) (*Executor, *fake.Clientset) {
 	t.Helper()
 	cfg, err := decodeSettings(raw)
@@ -248,9 +252,6 @@ func TestFailedPrepareHidesAndDeletesTheSecret(t *testing.T) {
 			data := obj.(*corev1.Secret).Data[corev1.DockerConfigJsonKey]
 			return apierrors.NewBadRequest("a webhook refused " + string(text) + " holding " + string(data))
 		}, want: "creating registry Secret ci/" + pullSecretName(job.ID)},
-		{name: "the pod is refused", resource: "pods", cause: func(runtime.Object) error {
-			return apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, podName(job.ID), errors.New("exceeded quota"))
-		}, want: "exceeded quota"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var logs syncbuf.Buffer
