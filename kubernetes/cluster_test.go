@@ -290,6 +290,22 @@ func TestUploadNeedsTar(t *testing.T) {
 	}
 }
 
+// TestFailingUploadIsNamedAtOnce: tar in the pod fails on the first entry
+// of a 20 MiB archive; Upload reports tar's error, not a broken connection
+// (which is what a minute later the client saw while the rest of the
+// archive had no reader).
+func TestFailingUploadIsNamedAtOnce(t *testing.T) {
+	e, _ := testExecutor(t, nil)
+	h := prepare(t, e, sdk.Job{})
+	if code, _, stderr, err := run(t, t.Context(), e, h, "echo a file > x"); err != nil || code != 0 {
+		t.Fatalf("the step: exit %d, %v, stderr %q", code, err, stderr)
+	}
+	err := e.Upload(t.Context(), h, "", tarFiles(t, "x/big", make([]byte, 20<<20)))
+	if err == nil || !strings.Contains(err.Error(), "tar exited with") || strings.Contains(err.Error(), "broke") {
+		t.Errorf("Upload of x/big where x is a file: %v; want tar's error", err)
+	}
+}
+
 func TestPrepareTwiceReusesThePod(t *testing.T) {
 	e, _ := testExecutor(t, nil)
 	job := sdk.Job{ID: jobID(t)}

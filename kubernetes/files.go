@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"strings"
 
@@ -18,22 +19,28 @@ import (
 const noTar = 127
 
 // uploadCommand extracts the tar stream on stdin into the directory $1,
-// made when missing.
-const uploadCommand = `command -v tar >/dev/null 2>&1 || exit 127
-mkdir -p "$1" && cd "$1" && exec tar -x -f -`
+// made when missing. When it fails it reads the rest of stdin first: an
+// exec whose process ends while stdin still comes does not end for the
+// client until its connection times out (measured: a minute), and then
+// looks like a broken connection.
+const uploadCommand = `berth_drain() { cat >/dev/null 2>&1; exit "$1"; }
+command -v tar >/dev/null 2>&1 || berth_drain 127
+mkdir -p "$1" && cd "$1" || berth_drain 1
+tar -x -f - && exit 0
+berth_drain $?`
 
-// downloadCommand writes a tar stream of those of the paths $2… that
-// exist, relative to $1, to stdout; it exits 3 (writing nothing) when none
-// does.
+// downloadCommand writes a tar archive of those of the paths $3… that
+// exist, relative to $1, to the file $2 ("-": stdout); it exits 3 (writing
+// nothing) when none does.
 const downloadCommand = `command -v tar >/dev/null 2>&1 || exit 127
 cd "$1" 2>/dev/null || exit 3
-dir=$1; shift
+out=$2; shift 2
 for p in "$@"; do
 	shift
 	if [ -e "$p" ] || [ -L "$p" ]; then set -- "$@" "$p"; fi
 done
 [ $# -gt 0 ] || exit 3
-exec tar -c -f - "$@"`
+exec tar -c -f "$out" "$@"`
 
 // Upload implements sdk.Executor: the tar stream is checked here (no entry
 // may lead outside dir, also not through a symbolic link it made) and
@@ -54,10 +61,21 @@ func (e *Executor) Upload(ctx context.Context, h sdk.Handle, dir string, r io.Re
 	target := path.Join(st.BuildDir, rel)
 	doing := fmt.Sprintf("uploading into %s of job %q", target, h.JobID)
 
+	// The archive is also kept in a local file, to resume from when the
+	// exec's connection breaks (see transfer.go).
+	spool, err := os.CreateTemp("", "berth-kubernetes-upload-*.tar")
+	if err != nil {
+		return fmt.Errorf("%s: a local file to keep the archive in: %w", doing, err)
+	}
+	defer func() {
+		spool.Close()
+		os.Remove(spool.Name())
+	}()
 	pr, pw := io.Pipe()
+	tee := &spoolingWriter{spool: spool, live: pw}
 	checked := make(chan error, 1)
 	go func() {
-		err := copyChecked(pw, r)
+		err := copyChecked(tee, r)
 		// A plain close: an error here would only be logged by the exec's
 		// stdin copier; Upload reports it below.
 		pw.Close()
@@ -66,10 +84,28 @@ func (e *Executor) Upload(ctx context.Context, h sdk.Handle, dir string, r io.Re
 	var stdout, stderr bytes.Buffer
 	code, err := c.exec(ctx, st.Namespace, st.Pod, buildContainer, []string{"sh", "-c", uploadCommand, "berth-upload", target},
 		execIO{stdin: pr, stdout: &stdout, stderr: &stderr})
+	broken := err != nil && ctx.Err() == nil
+	if broken {
+		tee.detach() // the rest of the archive goes to the local copy only
+	}
 	pr.CloseWithError(errors.New("the upload ended"))
 	cerr := <-checked
 	if errors.Is(cerr, errUnsafeEntry) {
 		return fmt.Errorf("%s: %w", doing, cerr)
+	}
+	if broken && cerr == nil {
+		if perr := e.podFailure(c, st, true); perr != nil {
+			return fmt.Errorf("%s: %w", doing, perr)
+		}
+		size, serr := spool.Seek(0, io.SeekEnd)
+		if serr != nil {
+			return fmt.Errorf("%s: reading the local copy of the archive: %w", doing, serr)
+		}
+		e.logger().Warn("an upload's exec broke; resuming through a copy in the pod", "pod", st.Namespace+"/"+st.Pod, "bytes", size, "error", err)
+		if rerr := e.resumeUpload(ctx, c, st, target, spool, size); rerr != nil {
+			return fmt.Errorf("%s: the exec's connection broke (%v), and resuming failed: %w", doing, err, rerr)
+		}
+		return nil
 	}
 	stderr.Write(stdout.Bytes())
 	if err := e.fileResult(st, doing, code, err, &stderr); err != nil {
@@ -80,6 +116,9 @@ func (e *Executor) Upload(ctx context.Context, h sdk.Handle, dir string, r io.Re
 	}
 	return nil
 }
+
+// errNoTar says why files cannot move.
+var errNoTar = errors.New("the job's image has no tar; the kubernetes executor moves files with tar, so use an image that has it")
 
 // errUnsafeEntry marks an archive entry that would land outside the
 // directory it is extracted in.
@@ -99,7 +138,7 @@ func (e *Executor) fileResult(st jobState, doing string, code int, err error, st
 	case 0:
 		return nil
 	case noTar:
-		return fmt.Errorf("%s: the job's image has no tar; the kubernetes executor moves files with tar, so use an image that has it", doing)
+		return fmt.Errorf("%s: %w", doing, errNoTar)
 	}
 	return fmt.Errorf("%s: tar exited with %d: %s", doing, code, strings.TrimSpace(stderr.String()))
 }
@@ -158,7 +197,7 @@ func (e *Executor) Download(ctx context.Context, h sdk.Handle, paths []string, w
 		return err
 	}
 	doing := fmt.Sprintf("downloading from job %q", h.JobID)
-	args := []string{"sh", "-c", downloadCommand, "berth-download", st.BuildDir}
+	args := []string{"sh", "-c", downloadCommand, "berth-download", st.BuildDir, "-"}
 	for _, p := range paths {
 		rel, err := archive.CleanRelative(p)
 		if err != nil {
@@ -169,13 +208,24 @@ func (e *Executor) Download(ctx context.Context, h sdk.Handle, paths []string, w
 		}
 		args = append(args, rel)
 	}
-	if len(args) == 5 {
+	if len(args) == 6 {
 		return tar.NewWriter(w).Close()
 	}
 	var stderr bytes.Buffer
-	code, err := c.exec(ctx, st.Namespace, st.Pod, buildContainer, args, execIO{stdout: w, stderr: &stderr})
+	out := newHashingWriter(w)
+	code, err := c.exec(ctx, st.Namespace, st.Pod, buildContainer, args, execIO{stdout: out, stderr: &stderr})
 	if err == nil && code == 3 {
 		return tar.NewWriter(w).Close()
+	}
+	if err != nil && out.err == nil && ctx.Err() == nil {
+		if perr := e.podFailure(c, st, true); perr != nil {
+			return fmt.Errorf("%s: %w", doing, perr)
+		}
+		e.logger().Warn("a download's exec broke; resuming through a copy in the pod", "pod", st.Namespace+"/"+st.Pod, "bytes", out.n, "error", err)
+		if rerr := e.resumeDownload(ctx, c, st, args, out); rerr != nil {
+			return fmt.Errorf("%s: the exec's connection broke after %d bytes (%v), and resuming failed: %w", doing, out.n, err, rerr)
+		}
+		return nil
 	}
 	return e.fileResult(st, doing, code, err, &stderr)
 }

@@ -84,20 +84,16 @@ func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk
 		stdout, stderr := &countingWriter{w: out.Stdout}, &countingWriter{w: out.Stderr}
 		code, err := c.exec(streamCtx, st.Namespace, st.Pod, buildContainer, cmd,
 			execIO{stdin: strings.NewReader(step.Script), stdout: stdout, stderr: stderr})
-		// Attempts count since the last one that moved the output on.
-		for attempt, seen := 1, stdout.n+stderr.n; err != nil && attempt <= resumeAttempts && streamCtx.Err() == nil; attempt++ {
+		var rt retries
+		for err != nil && streamCtx.Err() == nil {
 			if perr := e.podFailure(c, st, false); perr != nil {
 				break
 			}
-			if got := stdout.n + stderr.n; got > seen {
-				attempt, seen = 1, got
+			if !rt.again(streamCtx, stdout.n+stderr.n) {
+				break
 			}
 			e.logger().Warn("the exec of a step broke; resuming its output", "pod", st.Namespace+"/"+st.Pod, "step", step.Name,
-				"stdout_bytes", stdout.n, "stderr_bytes", stderr.n, "attempt", attempt, "error", err)
-			select {
-			case <-streamCtx.Done():
-			case <-time.After(time.Duration(attempt) * 200 * time.Millisecond):
-			}
+				"stdout_bytes", stdout.n, "stderr_bytes", stderr.n, "attempt", rt.attempt, "error", err)
 			code, err = c.exec(streamCtx, st.Namespace, st.Pod, buildContainer,
 				stepwrap.Command("follow", outBase, strconv.FormatInt(stdout.n, 10), strconv.FormatInt(stderr.n, 10)),
 				execIO{stdout: stdout, stderr: stderr})
