@@ -119,7 +119,12 @@ func (c *cluster) createPod(ctx context.Context, pod *corev1.Pod, secret *corev1
 		}
 	}
 	pods := c.cs.CoreV1().Pods(st.Namespace)
-	created, err := pods.Create(ctx, pod, metav1.CreateOptions{})
+	var created *corev1.Pod
+	create := func() (err error) {
+		created, err = pods.Create(ctx, pod, metav1.CreateOptions{})
+		return err
+	}
+	err := whileForbidden(ctx, create)
 	if apierrors.IsAlreadyExists(err) {
 		// A retried Prepare: reuse the pod unless it is on its way out.
 		old, getErr := pods.Get(ctx, pod.Name, metav1.GetOptions{})
@@ -136,7 +141,7 @@ func (c *cluster) createPod(ctx context.Context, pod *corev1.Pod, secret *corev1
 				return nil, err
 			}
 		}
-		created, err = pods.Create(ctx, pod, metav1.CreateOptions{})
+		err = whileForbidden(ctx, create)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("creating it on %s: %w", c.describe, err)

@@ -122,12 +122,16 @@ func pullSecret(pod *corev1.Pod, job sdk.Job) (*corev1.Secret, error) {
 // share.
 func (c *cluster) putSecret(ctx context.Context, s *corev1.Secret) error {
 	secrets := c.cs.CoreV1().Secrets(s.Namespace)
-	_, err := secrets.Create(ctx, s, metav1.CreateOptions{})
+	create := func() error {
+		_, err := secrets.Create(ctx, s, metav1.CreateOptions{})
+		return err
+	}
+	err := whileForbidden(ctx, create)
 	if apierrors.IsAlreadyExists(err) {
 		if err := c.deleteSecret(ctx, s.Namespace, s.Name); err != nil {
 			return fmt.Errorf("replacing the one an earlier attempt made: %w", err)
 		}
-		_, err = secrets.Create(ctx, s, metav1.CreateOptions{})
+		err = whileForbidden(ctx, create)
 	}
 	if err != nil {
 		return redact(fmt.Errorf("creating registry Secret %s/%s on %s: %w", s.Namespace, s.Name, c.describe, err), secretTexts(s)...)
