@@ -69,7 +69,9 @@ func serviceAccountExecutor(t *testing.T) (e *Executor, bind func()) {
 	if _, err := cs.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: deployedRules(t)}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	del("Role", func(ctx context.Context) error { return cs.RbacV1().Roles(ns).Delete(ctx, name, metav1.DeleteOptions{}) })
+	del("Role", func(ctx context.Context) error {
+		return cs.RbacV1().Roles(ns).Delete(ctx, name, metav1.DeleteOptions{})
+	})
 	tok, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: new(int64(600))}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
