@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -30,7 +31,10 @@ type cuttingProxy struct {
 	to    string
 	limit int64
 	cuts  atomic.Int32
-	wg    sync.WaitGroup
+	// maxCuts, when above 0, is how many connections are cut: those
+	// opened after that many cuts are not.
+	maxCuts atomic.Int32
+	wg      sync.WaitGroup
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -88,6 +92,10 @@ func (p *cuttingProxy) forward(client net.Conn) {
 	p.mu.Unlock()
 	// Each direction stops at limit bytes; the first to get there cuts the
 	// connection (RST, not FIN: it just dies).
+	limit := p.limit
+	if m := p.maxCuts.Load(); m > 0 && p.cuts.Load() >= m {
+		limit = math.MaxInt64
+	}
 	var once sync.Once
 	cut := func() {
 		once.Do(func() {
@@ -103,12 +111,12 @@ func (p *cuttingProxy) forward(client net.Conn) {
 	up := make(chan struct{})
 	go func() {
 		defer close(up)
-		if n, _ := io.Copy(server, io.LimitReader(client, p.limit)); n == p.limit {
+		if n, _ := io.Copy(server, io.LimitReader(client, limit)); n == limit {
 			cut()
 		}
 		server.Close()
 	}()
-	if n, _ := io.Copy(client, io.LimitReader(server, p.limit)); n == p.limit {
+	if n, _ := io.Copy(client, io.LimitReader(server, limit)); n == limit {
 		cut()
 	}
 	client.Close()
@@ -170,6 +178,32 @@ func bigFile(n int, seed byte) []byte {
 	rng := rand.NewChaCha8([32]byte{seed})
 	_, _ = rng.Read(b)
 	return b
+}
+
+// TestBrokenScriptTransferIsResent: the connection breaks while an 8 MiB
+// script is on its way into the pod; the step then runs once, whole, with
+// its output and exit code (before, the wrapper reported the incomplete
+// script as the step's exit 126).
+func TestBrokenScriptTransferIsResent(t *testing.T) {
+	direct, e, proxy := cutExecutor(t, 6<<20)
+	proxy.maxCuts.Store(1)
+	h := prepare(t, direct, sdk.Job{Image: sdk.Image{Name: busyboxImage}})
+	var script strings.Builder
+	for script.Len() < 8<<20 {
+		script.WriteString("# " + strings.Repeat("x", 77) + "\n")
+	}
+	script.WriteString("echo run >> ran\necho hello\nexit 4\n")
+	var stdout, stderr syncbuf.Buffer
+	code, err := e.Run(t.Context(), h, sdk.Step{Name: "script", Shell: "sh", Script: script.String()}, sdk.Output{Stdout: &stdout, Stderr: &stderr})
+	if err != nil || code != 4 || stdout.String() != "hello\n" {
+		t.Errorf("Run = %d, %v, stdout %q, stderr %q; want 4 and hello", code, err, stdout.String(), stderr.String())
+	}
+	if proxy.cuts.Load() != 1 {
+		t.Errorf("the proxy cut %d connections; want the first", proxy.cuts.Load())
+	}
+	if code, out, _, err := run(t, t.Context(), direct, h, "cat ran"); err != nil || code != 0 || out != "run\n" {
+		t.Errorf("the step's runs: %q (exit %d, %v); want one", out, code, err)
+	}
 }
 
 // tarFiles makes a tar archive of files, name then contents, in order.

@@ -47,8 +47,9 @@ type execResult struct {
 // the exec's stdin, stdout and stderr go to out apart, and the exit code is
 // the exec's. The step itself writes into files on the build volume that
 // the exec follows, so that a broken connection (API servers and proxies
-// do drop long exec streams) loses nothing: another exec resumes from the
-// bytes received. Cancelling ctx sends SIGTERM to the step's process group and
+// do drop long exec streams) loses nothing: the same start again resumes
+// from the bytes received, and starts the step only if no earlier exec did
+// (a break while the script came is harmless). Cancelling ctx sends SIGTERM to the step's process group and
 // SIGKILL after step.GracePeriod (each through an exec of the wrapper);
 // Run returns once the step's exec has ended. A step whose pod failed
 // (evicted, deleted, out of memory) is a system failure naming the reason.
@@ -73,7 +74,12 @@ func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk
 	id := randomID()
 	pidFile := stepsDir + "/" + id + ".pid"
 	outBase := path.Join(path.Dir(st.BuildDir), outputDir, id)
-	cmd := stepwrap.Command("start", shell, stepsDir+"/"+id+".sh", pidFile, st.BuildDir, oomHint, strconv.Itoa(len(step.Script)), outBase)
+	// A broken exec is followed by the same start again, with the byte
+	// counts received: the wrapper starts the step only once (see step.sh).
+	start := func(outBytes, errBytes int64) []string {
+		return stepwrap.Command("start", shell, stepsDir+"/"+id+".sh", pidFile, st.BuildDir, oomHint, strconv.Itoa(len(step.Script)), outBase,
+			strconv.FormatInt(outBytes, 10), strconv.FormatInt(errBytes, 10))
+	}
 
 	// The stream outlives ctx: a cancel stops the step's processes, and
 	// the exit code still comes from the exec.
@@ -82,7 +88,7 @@ func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk
 	done := make(chan execResult, 1)
 	go func() {
 		stdout, stderr := &countingWriter{w: out.Stdout}, &countingWriter{w: out.Stderr}
-		code, err := c.exec(streamCtx, st.Namespace, st.Pod, buildContainer, cmd,
+		code, err := c.exec(streamCtx, st.Namespace, st.Pod, buildContainer, start(0, 0),
 			execIO{stdin: strings.NewReader(step.Script), stdout: stdout, stderr: stderr})
 		var rt retries
 		for err != nil && streamCtx.Err() == nil {
@@ -94,9 +100,8 @@ func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk
 			}
 			e.logger().Warn("the exec of a step broke; resuming its output", "pod", st.Namespace+"/"+st.Pod, "step", step.Name,
 				"stdout_bytes", stdout.n, "stderr_bytes", stderr.n, "attempt", rt.attempt, "error", err)
-			code, err = c.exec(streamCtx, st.Namespace, st.Pod, buildContainer,
-				stepwrap.Command("follow", outBase, strconv.FormatInt(stdout.n, 10), strconv.FormatInt(stderr.n, 10)),
-				execIO{stdout: stdout, stderr: stderr})
+			code, err = c.exec(streamCtx, st.Namespace, st.Pod, buildContainer, start(stdout.n, stderr.n),
+				execIO{stdin: strings.NewReader(step.Script), stdout: stdout, stderr: stderr})
 		}
 		done <- execResult{code, err}
 	}()

@@ -16,14 +16,20 @@
 #   signal SIGNAL PIDFILE
 #       Sends SIGNAL to the step's process group. KILL is repeated until
 #       nothing of the group is left (about 10 s at most).
-#   start SHELL SCRIPT PIDFILE DIR OOMHINT SIZE OUT
+#   start SHELL SCRIPT PIDFILE DIR OOMHINT SIZE OUT [OUTBYTES ERRBYTES]
 #       As run, but the step does not depend on this exec's connection: it
 #       runs in the background with its stdout, stderr and exit status in
 #       the files OUT.out, OUT.err and OUT.exit, which this exec then
-#       follows (as `follow OUT 0 0`). When the connection breaks, another
-#       exec resumes with follow from the byte counts received, and nothing
-#       is lost or repeated. Without tail, head and stat/wc in the image, it
-#       is run (attached, not resumable).
+#       follows (as `follow OUT 0 0`). When the connection breaks, the
+#       executor sends the same start again (script and all: it cannot know
+#       whether the step began). The first start of OUT whose script
+#       arrived whole claims OUT (mkdir OUT.claim) and starts the step; any
+#       later one follows it from OUTBYTES and ERRBYTES instead, so a step
+#       runs once, nothing of its output is lost or repeated, and a break
+#       while the script came costs nothing (an incomplete script claims
+#       nothing: exit 126). Without tail, head and stat/wc in the image, the
+#       claimer runs the step attached (not resumable: a later start finds
+#       no output to follow, exit 125).
 #   follow OUT OUTBYTES ERRBYTES
 #       Copies OUT.out from byte OUTBYTES to stdout and OUT.err from
 #       ERRBYTES to stderr as they grow, until OUT.exit appears and both are
@@ -88,6 +94,18 @@ berth_oom_kills() {
 	done
 }
 
+# berth_save FILE: saves stdin as FILE, readable by its owner only.
+berth_save() {
+	if command -v cat >/dev/null 2>&1; then
+		(umask 077 && exec cat >"$1")
+	else
+		(
+			umask 077
+			while IFS= read -r _l || [ -n "$_l" ]; do printf '%s\n' "$_l"; done >"$1"
+		)
+	fi
+}
+
 berth_run() {
 	berth_pgrp $$
 	if [ "$_pg" != "$$" ] && [ -z "${BERTH_SETSID-}" ] && command -v setsid >/dev/null 2>&1; then
@@ -97,14 +115,7 @@ berth_run() {
 	[ "$_pg" = "$$" ] || echo "berth: the step has no process group of its own (the image has no setsid); a cancel stops only its shell" >&2
 	unset BERTH_SETSID BERTH_STEP_SH
 	echo "$$" >"$3" || echo "berth: cannot write $3; a cancel cannot reach this step" >&2
-	if command -v cat >/dev/null 2>&1; then
-		(umask 077 && exec cat >"$2")
-	else
-		(
-			umask 077
-			while IFS= read -r _l || [ -n "$_l" ]; do printf '%s\n' "$_l"; done >"$2"
-		)
-	fi || {
+	berth_save "$2" || {
 		echo "berth: cannot save the step's script as $2" >&2
 		exit 126
 	}
@@ -208,18 +219,48 @@ berth_follow() {
 }
 
 berth_start() {
-	if ! command -v tail >/dev/null 2>&1 || ! command -v head >/dev/null 2>&1 ||
-		! { command -v stat >/dev/null 2>&1 || command -v wc >/dev/null 2>&1; }; then
-		berth_run "$1" "$2" "$3" "$4" "$5"
-	fi
 	_out=$7
-	mkdir -p "${_out%/*}" && rm -f "${_out%/*}"/*.out "${_out%/*}"/*.err "${_out%/*}"/*.exit &&
-		: >"$_out.out" && : >"$_out.err" || {
-		echo "berth: cannot write the step's output files $_out.*" >&2
+	_in="$2.in.$$"
+	mkdir -p "${_out%/*}" || {
+		echo "berth: cannot make the folder of the step's output files $_out.*" >&2
 		exit 126
 	}
-	(umask 077 && exec cat >"$2.in") || {
-		echo "berth: cannot save the step's script as $2.in" >&2
+	berth_save "$_in" || {
+		rm -f "$_in"
+		echo "berth: cannot save the step's script as $_in" >&2
+		exit 126
+	}
+	berth_size "$_in"
+	if [ "$_size" != "$6" ]; then
+		rm -f "$_in"
+		echo "berth: the step's script arrived incomplete ($_size of $6 bytes); not running it" >&2
+		exit 126
+	fi
+	if ! mkdir "$_out.claim" 2>/dev/null; then
+		# An earlier start of this step claimed it: follow that one, once
+		# it has made the output files.
+		rm -f "$_in"
+		_n=0
+		while [ ! -e "$_out.err" ] && [ "$_n" -lt 100 ]; do
+			_n=$((_n + 1))
+			sleep 0.05 2>/dev/null || sleep 1
+		done
+		berth_follow "$_out" "${8:-0}" "${9:-0}"
+	fi
+	if ! command -v tail >/dev/null 2>&1 || ! command -v head >/dev/null 2>&1 ||
+		! { command -v stat >/dev/null 2>&1 || command -v wc >/dev/null 2>&1; }; then
+		exec <"$_in"
+		rm -f "$_in"
+		berth_run "$1" "$2" "$3" "$4" "$5"
+	fi
+	# Only the running step's files are kept.
+	for _f in "${_out%/*}"/*.claim; do
+		[ "$_f" = "$_out.claim" ] || rmdir "$_f" 2>/dev/null
+	done
+	rm -f "${_out%/*}"/*.out "${_out%/*}"/*.err "${_out%/*}"/*.exit &&
+		: >"$_out.out" && : >"$_out.err" && mv "$_in" "$2.in" || {
+		echo "berth: cannot write the step's output files $_out.*" >&2
+		rm -f "$_in"
 		exit 126
 	}
 	# The step, detached from this exec: its own session (run makes it a

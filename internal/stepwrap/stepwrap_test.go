@@ -79,29 +79,39 @@ func TestStartFollowsTheStep(t *testing.T) {
 	}
 }
 
-// TestFollowResumesABrokenStream: the exec's stdout breaks after 5000
-// bytes; the step goes on, and a follow from the byte counts received
-// yields the rest, nothing lost or repeated, and the step's status.
-func TestFollowResumesABrokenStream(t *testing.T) {
+// TestStartAgainResumesABrokenStream: the exec's stdout breaks after 5000
+// bytes; the step goes on, and the same start again, with the byte counts
+// received, yields the rest (nothing lost or repeated) and the step's
+// status, without running the step a second time.
+func TestStartAgainResumesABrokenStream(t *testing.T) {
 	dir := t.TempDir()
-	script := "i=0\nwhile [ $i -lt 3000 ]; do echo \"line $i\"; echo \"eline $i\" >&2; i=$((i + 1)); done\nexit 3\n"
+	ran := filepath.Join(dir, "ran")
+	script := "echo run >> " + ran + "\ni=0\nwhile [ $i -lt 3000 ]; do echo \"line $i\"; echo \"eline $i\" >&2; i=$((i + 1)); done\nexit 3\n"
 	var wantOut, wantErr strings.Builder
 	for i := range 3000 {
 		fmt.Fprintf(&wantOut, "line %d\n", i)
 		fmt.Fprintf(&wantErr, "eline %d\n", i)
 	}
 	out := filepath.Join(dir, "output", "s2")
-	first, firstErr, _ := wrapper(t, script, 5000, "start", "sh", filepath.Join(dir, "s2.sh"), filepath.Join(dir, "s2.pid"),
-		"", "", strconv.Itoa(len(script)), out)
-	rest, restErr, code := wrapper(t, "", -1, "follow", out, strconv.Itoa(len(first)), strconv.Itoa(len(firstErr)))
+	args := []string{"start", "sh", filepath.Join(dir, "s2.sh"), filepath.Join(dir, "s2.pid"), "", "", strconv.Itoa(len(script)), out}
+	first, firstErr, _ := wrapper(t, script, 5000, append(args, "0", "0")...)
+	rest, restErr, code := wrapper(t, script, -1, append(args, strconv.Itoa(len(first)), strconv.Itoa(len(firstErr)))...)
 	if code != 3 {
-		t.Errorf("follow exited %d; want the step's 3 (stderr %q)", code, restErr)
+		t.Errorf("the second start exited %d; want the step's 3 (stderr %q)", code, restErr)
 	}
 	if got := first + rest; got != wantOut.String() {
 		t.Errorf("stdout across the break: %d bytes, want %d (first %d)", len(got), wantOut.Len(), len(first))
 	}
 	if got := firstErr + restErr; got != wantErr.String() {
 		t.Errorf("stderr across the break: %d bytes, want %d (first %d)", len(got), wantErr.Len(), len(firstErr))
+	}
+	if b, err := os.ReadFile(ran); err != nil || string(b) != "run\n" {
+		t.Errorf("the step's runs: %q, %v; want one", b, err)
+	}
+	// follow, given the same counts, yields the same rest.
+	again, againErr, code := wrapper(t, "", -1, "follow", out, strconv.Itoa(len(first)), strconv.Itoa(len(firstErr)))
+	if again != rest || againErr != restErr || code != 3 {
+		t.Errorf("follow: %d and %d bytes, exit %d; want the second start's %d and %d bytes, 3", len(again), len(againErr), code, len(rest), len(restErr))
 	}
 }
 
@@ -116,6 +126,13 @@ func TestIncompleteScriptIsNotRun(t *testing.T) {
 	}
 	if _, err := os.Stat(marker); !os.IsNotExist(err) {
 		t.Errorf("the incomplete script ran (%v)", err)
+	}
+	// The executor sends the start again, the script whole this time: the
+	// incomplete one claimed nothing, so this one runs it.
+	_, stderr, code = wrapper(t, script, -1, "start", "sh", filepath.Join(dir, "s3.sh"), filepath.Join(dir, "s3.pid"),
+		"", "", strconv.Itoa(len(script)), filepath.Join(dir, "output", "s3"), "0", "0")
+	if _, err := os.Stat(marker); code != 0 || err != nil {
+		t.Errorf("the start after an incomplete one: exit %d, stderr %q, the script's mark: %v; want it run", code, stderr, err)
 	}
 }
 
