@@ -49,14 +49,7 @@ import (
 // The quantile helper is the test's own: bench/stats.go is in package
 // main and cannot be imported.
 func TestBenchmark(t *testing.T) {
-	v := os.Getenv("BERTH_K8S_BENCH")
-	if v == "" {
-		t.Skip("set BERTH_K8S_BENCH=N to run the benchmark (N serial jobs per side, default 10)")
-	}
-	rounds, _ := strconv.Atoi(v)
-	if rounds <= 0 {
-		rounds = 10
-	}
+	rounds := benchRounds(t, "serial jobs")
 	path, _ := testCluster(t)
 	tag := benchTag()
 	runner := "berth-bench-" + tag
@@ -620,4 +613,17 @@ func benchTag() string {
 	b := make([]byte, 3)
 	_, _ = rand.Read(b)
 	return strconv.Itoa(os.Getpid()) + "-" + hex.EncodeToString(b)
+}
+
+// benchRounds is BERTH_K8S_BENCH, the number of what (default 10) per
+// side of a benchmark; the test is skipped without it.
+func benchRounds(t *testing.T, what string) int {
+	v := os.Getenv("BERTH_K8S_BENCH")
+	if v == "" {
+		t.Skipf("set BERTH_K8S_BENCH=N to run the benchmark (N %s per side, default 10)", what)
+	}
+	if n, _ := strconv.Atoi(v); n > 0 {
+		return n
+	}
+	return 10
 }

@@ -5,8 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
-	"strconv"
 	"testing"
 	"time"
 
@@ -23,14 +21,7 @@ import (
 // number of rounds per side, default 10), asserts no timing, and prints
 // rows for docs/BENCHMARKS.md.
 func TestTransferBenchmark(t *testing.T) {
-	v := os.Getenv("BERTH_K8S_BENCH")
-	if v == "" {
-		t.Skip("set BERTH_K8S_BENCH=N to run the benchmark (N rounds per side, default 10)")
-	}
-	rounds, _ := strconv.Atoi(v)
-	if rounds <= 0 {
-		rounds = 10
-	}
+	rounds := benchRounds(t, "rounds")
 	e, _ := testExecutor(t, nil)
 	h, big := withBigFile(t, e, 4)
 	st, err := decodeState(h)
