@@ -63,16 +63,18 @@ func (e *Executor) Upload(ctx context.Context, h sdk.Handle, dir string, r io.Re
 
 	// The archive is also kept in a local file, to resume from when the
 	// exec's connection breaks (see transfer.go).
+	pr, pw := io.Pipe()
+	tee := &spoolingWriter{live: pw}
 	spool, err := os.CreateTemp("", "berth-kubernetes-upload-*.tar")
 	if err != nil {
-		return fmt.Errorf("%s: a local file to keep the archive in: %w", doing, err)
+		tee.spoolErr = fmt.Errorf("a local file to keep a copy of the archive in: %w", err)
+	} else {
+		tee.spool = spool
+		defer func() {
+			spool.Close()
+			os.Remove(spool.Name())
+		}()
 	}
-	defer func() {
-		spool.Close()
-		os.Remove(spool.Name())
-	}()
-	pr, pw := io.Pipe()
-	tee := &spoolingWriter{spool: spool, live: pw}
 	checked := make(chan error, 1)
 	go func() {
 		err := copyChecked(tee, r)
@@ -93,9 +95,12 @@ func (e *Executor) Upload(ctx context.Context, h sdk.Handle, dir string, r io.Re
 	if errors.Is(cerr, errUnsafeEntry) {
 		return fmt.Errorf("%s: %w", doing, cerr)
 	}
-	if broken && cerr == nil {
+	if broken && (cerr == nil || tee.spoolError() != nil) {
 		if perr := e.podFailure(c, st, true); perr != nil {
 			return fmt.Errorf("%s: %w", doing, perr)
+		}
+		if serr := tee.spoolError(); serr != nil {
+			return fmt.Errorf("%s: the exec's connection broke (%v), and there is nothing to resume from: %w", doing, err, serr)
 		}
 		size, serr := spool.Seek(0, io.SeekEnd)
 		if serr != nil {
@@ -106,6 +111,9 @@ func (e *Executor) Upload(ctx context.Context, h sdk.Handle, dir string, r io.Re
 			return fmt.Errorf("%s: the exec's connection broke (%v), and resuming failed: %w", doing, err, rerr)
 		}
 		return nil
+	}
+	if serr := tee.spoolError(); serr != nil {
+		e.logger().Warn("an upload had no local copy to resume from, had its exec broken", "pod", st.Namespace+"/"+st.Pod, "error", serr)
 	}
 	stderr.Write(stdout.Bytes())
 	if err := e.fileResult(st, doing, code, err, &stderr); err != nil {

@@ -94,28 +94,39 @@ func (r *retries) again(ctx context.Context, progress int64) bool {
 }
 
 // spoolingWriter writes everything to spool and, until detach, also to
-// live: the local copy an upload resumes from.
+// live: the local copy an upload resumes from. The copy is a spare: when
+// it cannot be written (no room), the writes to live go on without it, and
+// spoolErr says why there is nothing to resume from.
 type spoolingWriter struct {
-	spool io.Writer
-	mu    sync.Mutex
-	live  io.Writer
+	mu       sync.Mutex
+	spool    io.Writer
+	spoolErr error
+	live     io.Writer
 }
 
 func (w *spoolingWriter) Write(p []byte) (int, error) {
-	if n, err := w.spool.Write(p); err != nil {
-		return n, fmt.Errorf("keeping a local copy of the archive to resume from: %w", err)
-	}
 	w.mu.Lock()
-	live := w.live
+	spool, live := w.spool, w.live
 	w.mu.Unlock()
+	if spool != nil {
+		if _, err := spool.Write(p); err != nil {
+			w.mu.Lock()
+			w.spool, w.spoolErr = nil, fmt.Errorf("keeping a local copy of the archive to resume from: %w", err)
+			w.mu.Unlock()
+			spool = nil
+		}
+	}
 	if live == nil {
+		if spool == nil {
+			return 0, w.spoolError()
+		}
 		return len(p), nil
 	}
 	if _, err := live.Write(p); err != nil {
 		w.mu.Lock()
 		detached := w.live == nil
 		w.mu.Unlock()
-		if !detached {
+		if !detached || spool == nil {
 			return 0, err
 		}
 	}
@@ -127,6 +138,13 @@ func (w *spoolingWriter) detach() {
 	w.mu.Lock()
 	w.live = nil
 	w.mu.Unlock()
+}
+
+// spoolError is why the local copy is missing, nil when it is not.
+func (w *spoolingWriter) spoolError() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.spoolErr
 }
 
 // podCopy names the copy of an archive in the pod: on the build volume,

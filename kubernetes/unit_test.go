@@ -1,10 +1,12 @@
 package kubernetes
 
 import (
+	"bytes"
 	"errors"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -538,5 +540,52 @@ func TestPodSpecEntrypoint(t *testing.T) {
 				t.Errorf("command %q args %q; want %q %q", c.Command, c.Args, tt.command, tt.args)
 			}
 		})
+	}
+}
+
+// fullDisk takes room bytes, then fails as a full disk does: a stand-in,
+// as filling a real disk is not for a test to do to the machine it runs on.
+type fullDisk struct{ room int }
+
+func (d *fullDisk) Write(p []byte) (int, error) {
+	if len(p) > d.room {
+		n := d.room
+		d.room = 0
+		return n, syscall.ENOSPC
+	}
+	d.room -= len(p)
+	return len(p), nil
+}
+
+// TestUploadCopyIsASpare: the local copy an upload resumes from failing
+// (no room) does not fail the upload; only a resume then has nothing to
+// resume from, and says why.
+func TestUploadCopyIsASpare(t *testing.T) {
+	var live, spool bytes.Buffer
+	w := &spoolingWriter{spool: &spool, live: &live}
+	chunk := bytes.Repeat([]byte("x"), 1000)
+	for range 3 {
+		if _, err := w.Write(chunk); err != nil {
+			t.Fatalf("Write with both working: %v", err)
+		}
+	}
+	w.detach()
+	if _, err := w.Write(chunk); err != nil || live.Len() != 3000 || spool.Len() != 4000 {
+		t.Fatalf("after detach: %v, live %d, copy %d bytes; want 3000 and 4000", err, live.Len(), spool.Len())
+	}
+
+	live.Reset()
+	w = &spoolingWriter{spool: &fullDisk{room: 1500}, live: &live}
+	for i := range 3 {
+		if _, err := w.Write(chunk); err != nil {
+			t.Fatalf("Write %d with the copy full: %v", i, err)
+		}
+	}
+	if live.Len() != 3000 || !errors.Is(w.spoolError(), syscall.ENOSPC) {
+		t.Errorf("with the copy full: live %d bytes, copy error %v; want 3000 and ENOSPC", live.Len(), w.spoolError())
+	}
+	w.detach()
+	if _, err := w.Write(chunk); !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("Write after detach, no copy: %v; want the copy's error", err)
 	}
 }
