@@ -24,6 +24,7 @@ import (
 	k8s "k8s.io/client-go/kubernetes"
 
 	"github.com/berthci/berth/internal/k8stest"
+	"github.com/berthci/berth/internal/stepwrap"
 	"github.com/berthci/berth/internal/syncbuf"
 	"github.com/berthci/berth/sdk"
 	"github.com/berthci/berth/sdk/sdktest"
@@ -303,6 +304,27 @@ func TestFailingUploadIsNamedAtOnce(t *testing.T) {
 	err := e.Upload(t.Context(), h, "", tarFiles(t, "x/big", make([]byte, 20<<20)))
 	if err == nil || !strings.Contains(err.Error(), "tar exited with") || strings.Contains(err.Error(), "broke") {
 		t.Errorf("Upload of x/big where x is a file: %v; want tar's error", err)
+	}
+}
+
+// TestStepWrapperArrivesIntact: the build container's copy of the step
+// wrapper, given in its environment, is the wrapper byte for byte (kubelet
+// expands $(NAME) and $$ in environment values).
+func TestStepWrapperArrivesIntact(t *testing.T) {
+	e, _ := testExecutor(t, nil)
+	h := prepare(t, e, sdk.Job{})
+	st, err := decodeState(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, c, err := e.current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	code, err := c.exec(t.Context(), st.Namespace, st.Pod, buildContainer, []string{"sh", "-c", `printf '%s' "$` + stepwrap.Env + `"`}, execIO{stdout: &stdout, stderr: &stderr})
+	if err != nil || code != 0 || stdout.String() != stepwrap.Script() {
+		t.Errorf("the wrapper in the container: exit %d, %v, %d bytes (want %d), equal: %v; stderr %q", code, err, stdout.Len(), len(stepwrap.Script()), stdout.String() == stepwrap.Script(), stderr.String())
 	}
 }
 

@@ -83,7 +83,10 @@ func podSpec(cfg settings, job sdk.Job, now time.Time) (*corev1.Pod, error) {
 		ImagePullPolicy: policy,
 		Command:         stepwrap.KeepAlive(),
 		// The keep-alive waits on its stdin in an image without sleep.
-		Stdin:           true,
+		Stdin: true,
+		// The step wrapper, so that each step's exec names it in a few
+		// bytes instead of carrying it (its text is no secret).
+		Env:             []corev1.EnvVar{{Name: stepwrap.Env, Value: escapeEnv(stepwrap.Script())}},
 		WorkingDir:      cfg.BuildsDir,
 		VolumeMounts:    mounts,
 		Resources:       cfg.build,
@@ -215,3 +218,9 @@ func serviceAliases(s sdk.Service) []string {
 	}
 	return out
 }
+
+// escapeEnv keeps Kubernetes from expanding an environment variable's
+// value: kubelet replaces $(NAME) with another variable's value and $$
+// with $, so every $ is doubled. (Found by the wrapper's "$$", its shell's
+// process ID, arriving as "$".)
+func escapeEnv(v string) string { return strings.ReplaceAll(v, "$", "$$") }

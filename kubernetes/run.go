@@ -77,7 +77,7 @@ func (e *Executor) Run(ctx context.Context, h sdk.Handle, step sdk.Step, out sdk
 	// A broken exec is followed by the same start again, with the byte
 	// counts received: the wrapper starts the step only once (see step.sh).
 	start := func(outBytes, errBytes int64) []string {
-		return stepwrap.Command("start", shell, stepsDir+"/"+id+".sh", pidFile, st.BuildDir, oomHint, strconv.Itoa(len(step.Script)), outBase,
+		return stepwrap.CommandFromEnv("start", shell, stepsDir+"/"+id+".sh", pidFile, st.BuildDir, oomHint, strconv.Itoa(len(step.Script)), outBase,
 			strconv.FormatInt(outBytes, 10), strconv.FormatInt(errBytes, 10))
 	}
 
@@ -170,7 +170,7 @@ func (e *Executor) stop(c *cluster, st jobState, pidFile string, grace time.Dura
 func (e *Executor) signal(c *cluster, st jobState, sig, pidFile string) {
 	ctx, cancel := context.WithTimeout(context.Background(), controlTimeout)
 	defer cancel()
-	code, err := c.exec(ctx, st.Namespace, st.Pod, buildContainer, stepwrap.Command("signal", sig, pidFile), execIO{stdout: io.Discard, stderr: io.Discard})
+	code, err := c.exec(ctx, st.Namespace, st.Pod, buildContainer, stepwrap.CommandFromEnv("signal", sig, pidFile), execIO{stdout: io.Discard, stderr: io.Discard})
 	if err != nil || code != 0 {
 		e.logger().Warn("signalling a step", "pod", st.Namespace+"/"+st.Pod, "signal", sig, "exit_code", code, "error", err)
 	}

@@ -169,8 +169,9 @@ func TestPodSpec(t *testing.T) {
 	if q := b.Resources.Limits[corev1.ResourceMemory]; q.Value() != 512<<20 {
 		t.Errorf("build memory limit %s", q.String())
 	}
-	if len(b.Env) != 0 {
-		t.Errorf("the build container has environment variables: %v", b.Env)
+	// The step wrapper only: the job's variables travel in its scripts.
+	if len(b.Env) != 1 || b.Env[0].Name != stepwrap.Env || b.Env[0].Value != escapeEnv(stepwrap.Script()) {
+		t.Errorf("the build container's environment: %d variables; want the step wrapper alone", len(b.Env))
 	}
 	if pg := s.Containers[1]; pg.ImagePullPolicy != corev1.PullIfNotPresent || len(pg.Env) != 1 || pg.Env[0].Value != "service-only" {
 		t.Errorf("service container %+v", pg)

@@ -21,6 +21,25 @@ func Command(args ...string) []string {
 	return append([]string{"sh", "-c", `BERTH_STEP_SH=$1; shift; eval "$BERTH_STEP_SH"`, "berth-step", script}, args...)
 }
 
+// Env names the environment variable a container can be given the
+// wrapper's text in (Script), for CommandFromEnv.
+const Env = "BERTH_STEP_SH"
+
+// Script is the wrapper's text.
+func Script() string { return script }
+
+// CommandFromEnv is Command for a container that has the wrapper in its
+// environment (Env): the exec's command line stays short, where Command's
+// carries the wrapper's ≈ 12 KB on every exec — for Kubernetes, in the
+// URL of each exec request, which proxies may cap and audit logs record.
+// Without the variable it fails (exit 125) rather than run nothing.
+func CommandFromEnv(args ...string) []string {
+	return append([]string{"sh", "-c", fromEnv, "berth-step"}, args...)
+}
+
+const fromEnv = `[ -n "${` + Env + `-}" ] || { echo "berth: the container has no step wrapper (environment variable ` + Env + `)" >&2; exit 125; }
+eval "$` + Env + `"`
+
 // ReadyLine is KeepAlive's first line on stdout: an executor that sees it
 // knows the container's main process runs (a job's entrypoint, which runs
 // first, ran it rather than ending the container).

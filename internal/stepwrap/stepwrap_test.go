@@ -188,3 +188,43 @@ func TestKeepAlive(t *testing.T) {
 		})
 	}
 }
+
+// TestCommandFromEnv: the wrapper from the environment runs a step as the
+// wrapper on the command line does, on a command line of a few hundred
+// bytes; without the variable it fails instead of running nothing.
+func TestCommandFromEnv(t *testing.T) {
+	dir := t.TempDir()
+	script := "echo out\necho err >&2\nexit 5\n"
+	argv := CommandFromEnv("start", "sh", filepath.Join(dir, "s.sh"), filepath.Join(dir, "s.pid"), dir, "", strconv.Itoa(len(script)), filepath.Join(dir, "output", "s"), "0", "0")
+	if n := len(strings.Join(argv, " ")); n > 1024 {
+		t.Errorf("the command line has %d bytes; want a few hundred", n)
+	}
+	for _, tt := range []struct {
+		name           string
+		env            []string
+		stdout, stderr string
+		code           int
+	}{
+		{"with the wrapper", []string{Env + "=" + Script()}, "out\n", "err\n", 5},
+		{"without", nil, "", "berth: the container has no step wrapper (environment variable " + Env + ")\n", 125},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := exec.Command(argv[0], argv[1:]...)
+			cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, tt.env...)
+			cmd.Stdin = strings.NewReader(script)
+			var stdout, stderr bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			err := cmd.Run()
+			code := 0
+			var exit *exec.ExitError
+			if errors.As(err, &exit) {
+				code = exit.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if stdout.String() != tt.stdout || stderr.String() != tt.stderr || code != tt.code {
+				t.Errorf("stdout %q, stderr %q, exit %d; want %q, %q, %d", stdout.String(), stderr.String(), code, tt.stdout, tt.stderr, tt.code)
+			}
+		})
+	}
+}
