@@ -1,7 +1,10 @@
 # berth's step wrapper for container executors (docker, kubernetes): it runs
 # one step inside the job's container. The executor runs it with an exec:
 #   sh -c 'BERTH_STEP_SH=$1; shift; eval "$BERTH_STEP_SH"' berth-step TEXT MODE ARGS…
-# (stepwrap.Command builds that), so nothing has to be copied in first.
+# (stepwrap.Command builds that), so nothing has to be copied in first; or,
+# when the container has this text in its environment as BERTH_STEP_SH,
+#   sh -c 'eval "$BERTH_STEP_SH"' berth-step MODE ARGS…
+# (stepwrap.CommandFromEnv), so that the exec's command line stays short.
 #
 #   run SHELL SCRIPT PIDFILE [DIR [OOMHINT [SIZE]]]
 #       Saves stdin (the step's script) as SCRIPT, runs it with SHELL (in DIR,
