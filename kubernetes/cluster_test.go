@@ -91,6 +91,21 @@ func prepare(t *testing.T, e *Executor, job sdk.Job) sdk.Handle {
 	return h
 }
 
+// jobPod returns where a prepared job runs and the executor's cluster
+// connection, for a test's own execs into the pod.
+func jobPod(t *testing.T, e *Executor, h sdk.Handle) (jobState, *cluster) {
+	t.Helper()
+	st, err := decodeState(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, c, err := e.current()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st, c
+}
+
 func run(t *testing.T, ctx context.Context, e *Executor, h sdk.Handle, script string) (int, string, string, error) {
 	t.Helper()
 	var stdout, stderr syncbuf.Buffer
@@ -312,15 +327,7 @@ func TestFailingUploadIsNamedAtOnce(t *testing.T) {
 // expands $(NAME) and $$ in environment values).
 func TestStepWrapperArrivesIntact(t *testing.T) {
 	e, _ := testExecutor(t, nil)
-	h := prepare(t, e, sdk.Job{})
-	st, err := decodeState(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, c, err := e.current()
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, c := jobPod(t, e, prepare(t, e, sdk.Job{}))
 	var stdout, stderr bytes.Buffer
 	code, err := c.exec(t.Context(), st.Namespace, st.Pod, buildContainer, []string{"sh", "-c", `printf '%s' "$` + stepwrap.Env + `"`}, execIO{stdout: &stdout, stderr: &stderr})
 	if err != nil || code != 0 || stdout.String() != stepwrap.Script() {

@@ -24,14 +24,7 @@ func TestTransferBenchmark(t *testing.T) {
 	rounds := benchRounds(t, "rounds")
 	e, _ := testExecutor(t, nil)
 	h, big := withBigFile(t, e, 4)
-	st, err := decodeState(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, c, err := e.current()
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, c := jobPod(t, e, h)
 	archive := tarFiles(t, "big", big).Bytes()
 	load0 := benchstat.LoadAverage()
 	timed := func(f func() error) time.Duration {
