@@ -92,29 +92,11 @@ func TestBenchmark(t *testing.T) {
 	a, b := benchstat.Alternate(rounds, func() time.Duration { return timed(job) }, func() time.Duration { return timed(plain) })
 	serial = false
 	concurrent := func(f func() error) time.Duration {
-		start := time.Now()
-		jobs := make(chan struct{}, 20)
-		for range 20 {
-			jobs <- struct{}{}
-		}
-		close(jobs)
-		var wg sync.WaitGroup
-		errs := make(chan error, 20)
-		for range 4 {
-			wg.Go(func() {
-				for range jobs {
-					if err := f(); err != nil {
-						errs <- err
-					}
-				}
-			})
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
+		d, err := benchstat.Concurrently(20, 4, f)
+		if err != nil {
 			t.Fatal(err)
 		}
-		return time.Since(start)
+		return d
 	}
 	ca1 := concurrent(job)
 	cb1 := concurrent(plain)

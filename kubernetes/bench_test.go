@@ -243,27 +243,8 @@ func TestBenchmark(t *testing.T) {
 	}
 
 	concurrent := func(f func() error) time.Duration {
-		jobs := make(chan struct{}, 20)
-		for range 20 {
-			jobs <- struct{}{}
-		}
-		close(jobs)
-		errs := make(chan error, 20)
-		start := time.Now()
-		var wg sync.WaitGroup
-		for range 4 {
-			wg.Go(func() {
-				for range jobs {
-					if err := f(); err != nil {
-						errs <- err
-					}
-				}
-			})
-		}
-		wg.Wait()
-		d := time.Since(start)
-		close(errs)
-		for err := range errs {
+		d, err := benchstat.Concurrently(20, 4, f)
+		if err != nil {
 			t.Fatal(err)
 		}
 		return d

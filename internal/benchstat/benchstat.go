@@ -1,13 +1,16 @@
 // Package benchstat is what berth's benchmark harnesses (bench/ and the
-// executors' TestBenchmark) share to report their figures: quantiles by
-// the nearest-rank method, milliseconds, and the machine's load.
+// executors' TestBenchmark) share: the A B B A and concurrent loops, and
+// to report their figures, quantiles by the nearest-rank method,
+// milliseconds, and the machine's load.
 package benchstat
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -56,4 +59,33 @@ func Alternate(n int, a, b func() time.Duration) (sa, sb []time.Duration) {
 		}
 	}
 	return sa, sb
+}
+
+// Concurrently runs f n times, workers at a time, and returns the wall
+// time of all of them and their errors joined.
+func Concurrently(n, workers int, f func() error) (time.Duration, error) {
+	jobs := make(chan struct{}, n)
+	for range n {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	var (
+		mu   sync.Mutex
+		errs []error
+		wg   sync.WaitGroup
+	)
+	start := time.Now()
+	for range workers {
+		wg.Go(func() {
+			for range jobs {
+				if err := f(); err != nil {
+					mu.Lock()
+					errs = append(errs, err)
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return time.Since(start), errors.Join(errs...)
 }
