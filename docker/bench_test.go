@@ -49,26 +49,11 @@ func TestBenchmark(t *testing.T) {
 		n++
 		id := fmt.Sprintf("bench-%d-%d", os.Getpid(), n)
 		mu.Unlock()
-		ctx := context.Background()
-		t0 := time.Now()
-		h, err := e.Prepare(ctx, sdk.Job{ID: id, Image: sdk.Image{Name: image}, Timeout: time.Minute})
-		if err != nil {
-			_ = e.Cleanup(ctx, sdk.Handle{JobID: id})
-			return err
-		}
-		t1 := time.Now()
-		code, err := e.Run(ctx, h, sdk.Step{Name: "script", Script: "true\n", Shell: "sh"}, sdk.Output{Stdout: io.Discard, Stderr: io.Discard})
-		t2 := time.Now()
-		if cerr := e.Cleanup(ctx, h); err == nil {
-			err = cerr
-		}
-		if serial {
-			for i, d := range []time.Duration{t1.Sub(t0), t2.Sub(t1), time.Since(t2)} {
-				phases[i] = append(phases[i], d)
+		m, err := benchstat.TrivialJob(context.Background(), e, sdk.Job{ID: id, Image: sdk.Image{Name: image}, Timeout: time.Minute})
+		if serial && err == nil {
+			for i := range phases {
+				phases[i] = append(phases[i], m[i+1].Sub(m[i]))
 			}
-		}
-		if err == nil && code != 0 {
-			err = fmt.Errorf("exit code %d", code)
 		}
 		return err
 	}

@@ -143,35 +143,19 @@ func TestBenchmark(t *testing.T) {
 	jobOn := func(e *Executor) func() error {
 		return func() error {
 			id := next()
-			ctx := context.Background()
-			t0 := time.Now()
-			h, err := e.Prepare(ctx, sdk.Job{ID: id, Image: sdk.Image{Name: busyboxImage}, Timeout: 10 * time.Minute})
-			if err != nil {
-				_ = e.Cleanup(ctx, sdk.Handle{JobID: id})
-				return err
-			}
-			t1 := time.Now()
-			code, err := e.Run(ctx, h, sdk.Step{Name: "script", Script: "true\n", Shell: "sh"}, sdk.Output{Stdout: io.Discard, Stderr: io.Discard})
-			t2 := time.Now()
-			if cerr := e.Cleanup(ctx, h); err == nil {
-				err = cerr
-			}
-			t3 := time.Now()
-			if err == nil && code != 0 {
-				err = fmt.Errorf("job %s: exit code %d", id, code)
-			}
+			m, err := benchstat.TrivialJob(context.Background(), e, sdk.Job{ID: id, Image: sdk.Image{Name: busyboxImage}, Timeout: 10 * time.Minute})
 			if err != nil {
 				return err
 			}
 			mu.Lock()
 			defer mu.Unlock()
 			if phases != nil {
-				for i, d := range []time.Duration{t1.Sub(t0), t2.Sub(t1), t3.Sub(t2)} {
-					phases[i] = append(phases[i], d)
+				for i := range phases {
+					phases[i] = append(phases[i], m[i+1].Sub(m[i]))
 				}
 			}
 			if record != nil {
-				*record = append(*record, benchJob{pod: podName(id), start: t0, marks: []time.Time{t1, t2, t3}})
+				*record = append(*record, benchJob{pod: podName(id), start: m[0], marks: m[1:]})
 			}
 			return nil
 		}

@@ -1,17 +1,22 @@
 // Package benchstat is what berth's benchmark harnesses (bench/ and the
-// executors' TestBenchmark) share: the A B B A and concurrent loops, and
+// executors' TestBenchmark) share: the A B B A and concurrent loops, a
+// trivial job through an executor, and
 // to report their figures, quantiles by the nearest-rank method,
 // milliseconds, and the machine's load.
 package benchstat
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"slices"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/berthci/berth/sdk"
 )
 
 // Quantile returns the q-quantile (0 ≤ q ≤ 1) of d by the nearest-rank
@@ -88,4 +93,29 @@ func Concurrently(n, workers int, f func() error) (time.Duration, error) {
 	}
 	wg.Wait()
 	return time.Since(start), errors.Join(errs...)
+}
+
+// TrivialJob runs job through e as the host would, with one step `true`:
+// Prepare, Run, Cleanup (also after a failed Prepare). It returns when
+// each began and when Cleanup ended, and an error for any failure or a
+// non-zero exit code.
+func TrivialJob(ctx context.Context, e sdk.Executor, job sdk.Job) ([4]time.Time, error) {
+	var marks [4]time.Time
+	marks[0] = time.Now()
+	h, err := e.Prepare(ctx, job)
+	if err != nil {
+		_ = e.Cleanup(ctx, sdk.Handle{JobID: job.ID})
+		return marks, err
+	}
+	marks[1] = time.Now()
+	code, err := e.Run(ctx, h, sdk.Step{Name: "script", Script: "true\n", Shell: "sh"}, sdk.Output{Stdout: io.Discard, Stderr: io.Discard})
+	marks[2] = time.Now()
+	if cerr := e.Cleanup(ctx, h); err == nil {
+		err = cerr
+	}
+	marks[3] = time.Now()
+	if err == nil && code != 0 {
+		err = fmt.Errorf("job %s: exit code %d", job.ID, code)
+	}
+	return marks, err
 }
